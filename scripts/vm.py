@@ -55,7 +55,8 @@ def recipe_hash() -> str:
     for path in sorted(RECIPE.iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
     digest.update(f"{SUITE} {MIRROR} {SECURITY} {DISK_SIZE}".encode())
-    digest.update(Path(__file__).read_bytes().split(b"# ---------------------------------------------------------------- lab")[0])
+    image_part = Path(__file__).read_bytes().split(b"# " + b"-" * 64 + b" lab")[0]
+    digest.update(image_part)
     return digest.hexdigest()[:16]
 
 
@@ -89,7 +90,8 @@ def build(force: bool = False) -> Path:
             sys.exit("debootstrap failed")
         shutil.copy(RECIPE / "keel-firstboot.sh", tree / "tmp" / "keel-firstboot.sh")
         shutil.copy(RECIPE / "customize.sh", tree / "tmp" / "customize.sh")
-        run(["chroot", str(tree), "/bin/sh", "/tmp/customize.sh", SUITE, MIRROR, SECURITY])
+        # /tmp of the chroot being built, not of this host
+        run(["chroot", str(tree), "/bin/sh", "/tmp/customize.sh", SUITE, MIRROR, SECURITY])  # noqa: S108
         for name in ("customize.sh", "keel-firstboot.sh"):
             (tree / "tmp" / name).unlink()
         kernels = sorted((tree / "boot").glob("vmlinuz-*"))
@@ -223,7 +225,7 @@ def up(lab: str, count: int, memory: int, cpus: int, timeout: int) -> dict:
             "qemu-system-x86_64", "-name", name, "-accel", accel, "-m", str(memory), "-smp", str(cpus),
             "-cpu", "host" if accel == "kvm" else "max",
             "-kernel", str(img / "vmlinuz"), "-initrd", str(img / "initrd.img"),
-            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet",
+            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0",
             "-drive", f"file={disk},if=virtio,format=qcow2",
             "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
@@ -319,7 +321,22 @@ def down(lab: str) -> None:
     log(f"lab {lab}: stopped {len(pids)} VM(s), removed {bridge} and its taps")
 
 
-def status(lab: str | None) -> int:
+def lab_devices(lab: str) -> list[str]:
+    bridge, _ = dev_names(lab, 0)
+    prefix = bridge.replace("kbr", "kt") + "-"
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = [line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line]
+    return [n for n in names if n == bridge or n.startswith(prefix)]
+
+
+def status(lab: str | None, as_json: bool = False) -> int:
+    if as_json:
+        if not lab:
+            sys.exit("--json needs --lab")
+        state = lab_dir(lab)
+        print(json.dumps({"lab": lab, "processes": len(qemu_pids(state)), "devices": lab_devices(lab),
+                          "state_exists": state.exists()}))
+        return 0
     labs = [lab] if lab else sorted(p.name for p in STATE.iterdir()) if STATE.exists() else []
     for name in labs:
         state = lab_dir(name)
@@ -342,6 +359,7 @@ def main() -> int:
     d.add_argument("--lab", default="vmlab")
     s = sub.add_parser("status")
     s.add_argument("--lab")
+    s.add_argument("--json", action="store_true", help="machine-readable: processes, devices, state")
     args = parser.parse_args()
     if args.cmd == "build":
         build(args.force)
@@ -354,7 +372,7 @@ def main() -> int:
     elif args.cmd == "down":
         down(args.lab)
     else:
-        return status(args.lab)
+        return status(args.lab, args.json)
     return 0
 
 

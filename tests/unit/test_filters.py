@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import keel_validators as v
+import pytest
+
+KEY_RE = r"^(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/]+={0,3}( .*)?$"
+
+
+@pytest.mark.parametrize("name", ["Etc/UTC", "Europe/Berlin", "America/New_York", "UTC"])
+def test_known_timezones_pass(name):
+    assert v.keel_timezone_valid(name)
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus_Mons", "", "Europe/", "../etc/passwd", None, 3])
+def test_unknown_timezones_fail(name):
+    assert not v.keel_timezone_valid(name)
+
+
+def test_valid_keys_give_no_findings():
+    keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOx alice@laptop", "ssh-rsa AAAAB3NzaC1yc2E= bob"]
+    assert v.keel_invalid_ssh_keys(keys, KEY_RE) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "not a key", "ssh-ed25519", "ssh-ed25519 AAAA\nssh-rsa BBBB", "-----BEGIN OPENSSH PRIVATE KEY-----", 42],
+)
+def test_invalid_keys_are_reported(bad):
+    assert v.keel_invalid_ssh_keys(["ssh-ed25519 AAAAC3Nz ok", bad], KEY_RE) == [bad]
+
+
+def test_non_list_is_reported():
+    assert v.keel_invalid_ssh_keys("ssh-ed25519 AAAA", KEY_RE) == ["ssh-ed25519 AAAA"]
+
+
+def test_filters_are_registered():
+    assert set(v.FilterModule().filters()) == {"keel_timezone_valid", "keel_invalid_ssh_keys"}
