@@ -35,6 +35,7 @@ class Step:
     part: str
     name: str
     argv: list[str]
+    before: list[list[str]] = field(default_factory=list)
     on_failure: list[list[str]] = field(default_factory=list)
     on_success: list[list[str]] = field(default_factory=list)
     result: str = "not run"
@@ -49,8 +50,11 @@ def scenario_steps(names: list[str], part: str) -> list[Step]:
     steps = []
     for name in names:
         # --destroy never: on failure the journals are dumped first, then the instances go.
+        # It also skips the sequence's first destroy, so leftovers of an aborted run
+        # are destroyed explicitly before.
         steps.append(Step(part, f"molecule {name}",
                           ["molecule", "test", "-s", name, "--destroy", "never"],
+                          before=[["molecule", "destroy", "-s", name]],
                           on_failure=[["__journal__", name], ["molecule", "destroy", "-s", name]],
                           on_success=[["molecule", "destroy", "-s", name]]))
     return steps
@@ -122,13 +126,13 @@ def run_logged(argv: list[str], log: Path) -> int:
 
 def dump_journal(scenario: str, log: Path) -> None:
     """Print the journal of every instance of a failed scenario (before destroy)."""
-    text = log.read_text(errors="replace")
-    match = re.findall(r"--inventory (\S+/molecule\.[^/\s]+\." + re.escape(scenario) + r"/inventory)", text)
-    if not match:
+    candidates = sorted(Path.home().glob(f".ansible/tmp/molecule.*.{scenario}/inventory"),
+                        key=lambda p: p.stat().st_mtime)
+    if not candidates:
         print(f"[test] no inventory found for {scenario}; cannot dump journals", flush=True)
         return
     print(f"[test] journals of {scenario}'s instances:", flush=True)
-    run_logged(["ansible", "all", "-i", match[-1], "-b", "-m", "ansible.builtin.shell",
+    run_logged(["ansible", "all", "-i", str(candidates[-1]), "-m", "ansible.builtin.shell",
                 "-a", "systemctl --failed --no-pager; journalctl -b --no-pager -n 200 -o short-precise"], log)
 
 
@@ -138,7 +142,10 @@ def execute(step: Step) -> None:
     log.write_text("")
     print(f"\n[test] == {step.part}: {step.name}", flush=True)
     t0 = time.monotonic()
-    rc = run_logged(step.argv, log)
+    rc = 0
+    for pre in step.before:
+        rc = rc or run_logged(pre, log)
+    rc = rc or run_logged(step.argv, log)
     follow = step.on_failure if rc else step.on_success
     for extra in follow:
         if extra[0] == "__journal__":

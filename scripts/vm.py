@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,6 +47,8 @@ def log(msg: str) -> None:
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run a tool; its output goes to stderr, since stdout carries this script's JSON."""
+    kw.setdefault("stdout", sys.stderr)
     return subprocess.run(cmd, check=True, **kw)
 
 
@@ -183,7 +186,7 @@ def bridge_forwarding(bridge: str, allow: bool) -> None:
             pass
 
 
-def up(lab: str, count: int, memory: int, cpus: int, timeout: int) -> dict:
+def up(lab: str, count: int, memory: int, cpus: int, timeout: int, net: str | None = None) -> dict:
     if os.geteuid() != 0:
         sys.exit("starting VMs needs root (bridge and tap devices)")
     img = build()
@@ -196,10 +199,10 @@ def up(lab: str, count: int, memory: int, cpus: int, timeout: int) -> dict:
     if not key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"keel-{lab}", "-f", str(key)])
     pubkey = key.with_suffix(".pub").read_text().strip()
-    net = lab_index(lab)
+    net = net or f"10.213.{lab_index(lab)}"
     bridge, taps = dev_names(lab, count)
     ip("link", "add", bridge, "type", "bridge")
-    ip("addr", "add", f"10.213.{net}.1/24", "dev", bridge)
+    ip("addr", "add", f"{net}.1/24", "dev", bridge)
     ip("link", "set", bridge, "up")
     bridge_forwarding(bridge, allow=True)
     info = {"lab": lab, "bridge": bridge, "accel": accel, "key": str(key), "vms": []}
@@ -211,7 +214,7 @@ def up(lab: str, count: int, memory: int, cpus: int, timeout: int) -> dict:
         disk = state / f"{name}.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(img / "rootfs.img"), str(disk)])
         seed = state / f"{name}.seed"
-        private_ip = f"10.213.{net}.{10 + i}"
+        private_ip = f"{net}.{10 + i}"
         seed_doc = {
             "instance_id": f"{name}-{int(time.time())}",
             "hostname": name,
@@ -355,6 +358,7 @@ def main() -> int:
     u.add_argument("--memory", type=int, default=2048, help="MiB per VM")
     u.add_argument("--cpus", type=int, default=1)
     u.add_argument("--timeout", type=int, default=600, help="seconds to wait for ssh")
+    u.add_argument("--net", help="first three octets of the lab's private /24 (default 10.213.<from lab name>)")
     d = sub.add_parser("down")
     d.add_argument("--lab", default="vmlab")
     s = sub.add_parser("status")
@@ -366,7 +370,9 @@ def main() -> int:
     elif args.cmd == "up":
         if not 1 <= args.count <= 16:
             sys.exit("--count must be between 1 and 16")
-        info = up(args.lab, args.count, args.memory, args.cpus, args.timeout)
+        if args.net and not re.fullmatch(r"(10\.\d{1,3}|192\.168|172\.(1[6-9]|2\d|3[01]))\.\d{1,3}", args.net):
+            sys.exit("--net must be the first three octets of a private /24, for example 10.213.50")
+        info = up(args.lab, args.count, args.memory, args.cpus, args.timeout, args.net)
         print(json.dumps(info))
         print(f"inventory: {lab_dir(args.lab) / 'inventory.yml'}", file=sys.stderr)
     elif args.cmd == "down":

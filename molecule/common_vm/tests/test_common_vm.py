@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -32,10 +34,20 @@ def test_is_a_vm_not_a_container(host):
     assert host.check_output("systemd-detect-virt") in ("qemu", "kvm")
 
 
+def name(host) -> str:
+    return host.ansible.get_variables()["inventory_hostname"]
+
+
 def test_hostname_set_by_the_role(host):
-    # firstboot named it common-vm-vm1; the role renames it to its inventory name
-    assert host.check_output("hostname") == "vm1"
-    assert host.file("/etc/hostname").content_string.strip() == "vm1"
+    # firstboot named it common-vm-vmN; the role renames it to its inventory name
+    assert host.check_output("hostname") == name(host)
+    assert host.file("/etc/hostname").content_string.strip() == name(host)
+
+
+def test_hosts_file_lists_the_lab(host):
+    hosts = host.file("/etc/hosts").content_string
+    assert re.search(r"^10\.213\.250\.11 vm1$", hosts, re.M)
+    assert re.search(r"^10\.213\.250\.12 vm2$", hosts, re.M)
 
 
 def test_chrony_steers_the_clock(host):
@@ -43,8 +55,23 @@ def test_chrony_steers_the_clock(host):
     assert chrony.is_running and chrony.is_enabled
     assert "-x" not in host.file("/etc/default/chrony").content_string.split("DAEMON_OPTS=")[1]
     assert not host.file("/etc/systemd/system/chrony.service.d/keel.conf").exists
-    sources = host.check_output("chronyc -n sources")
-    assert "10.213.0.1" in sources  # configured source (no NTP server reachable in the lab)
+
+
+def test_chrony_synchronises_over_the_private_network(host):
+    """vm2 must select vm1 (10.213.250.11) as its source, across the lab bridge (bound 120 s)."""
+    if name(host) != "vm2":
+        assert host.socket("udp://0.0.0.0:123").is_listening
+        return
+    host.run_test("chronyc -a 'burst 4/4'")
+    deadline = time.monotonic() + 120
+    sources = ""
+    while time.monotonic() < deadline:
+        sources = host.check_output("chronyc -n sources")
+        if re.search(r"^\^\*\s+10\.213\.250\.11\s", sources, re.M):
+            break
+        time.sleep(3)
+    assert re.search(r"^\^\*\s+10\.213\.250\.11\s", sources, re.M), sources
+    assert "Leap status     : Normal" in host.check_output("chronyc -n tracking")
 
 
 def test_journal_survives_reboot(host):

@@ -1,0 +1,228 @@
+"""Behaviour of the haproxy role: TLS, redirect, headers, health checks, Runtime API, stats, reloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+LB = "172.30.77.21"
+CA = EPHEMERAL / "lab-ca" / "ca.crt"
+SOCKET = "/run/haproxy/admin.sock"
+
+
+def tls_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(CA))
+    ctx.check_hostname = False  # the certificate names lb1 and 127.0.0.1/the private IP; we dial the IP
+    return ctx
+
+
+def get(url: str, headers: dict | None = None, auth: tuple[str, str] | None = None, timeout: float = 5):
+    req = urllib.request.Request(url, headers=headers or {})  # noqa: S310  always http(s) to the test host
+    if auth:
+        import base64
+
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    ctx = tls_context() if url.startswith("https") else None
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=ctx))
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read().decode()
+
+
+def runtime_api(host, command: str) -> str:
+    return host.check_output(f"echo '{command}' | socat stdio {SOCKET}")
+
+
+def server_states(host) -> dict[str, str]:
+    out = host.check_output(f"echo 'show stat' | socat stdio {SOCKET}")
+    states = {}
+    for line in out.splitlines():
+        fields = line.split(",")
+        if len(fields) > 17 and fields[0] == "app" and fields[1] not in ("FRONTEND", "BACKEND"):
+            states[fields[1]] = fields[17]
+    return states
+
+
+def test_config_is_valid_and_service_runs(host):
+    assert host.run("haproxy -c -f /etc/haproxy/haproxy.cfg").rc == 0
+    assert host.service("haproxy").is_running
+    assert host.service("haproxy").is_enabled
+
+
+def test_listeners(host):
+    assert host.socket("tcp://0.0.0.0:80").is_listening
+    assert host.socket("tcp://0.0.0.0:443").is_listening
+    assert host.socket(f"tcp://{LB}:8404").is_listening
+    assert not host.socket("tcp://0.0.0.0:8404").is_listening
+
+
+def test_http_redirects_to_https():
+    status, headers, _ = get(f"http://{LB}/some/path?q=1")
+    assert status == 301
+    assert headers["location"] == f"https://{LB}/some/path?q=1"
+
+
+def test_https_serves_the_backends_with_security_headers():
+    bodies = set()
+    for _ in range(6):
+        status, headers, body = get(f"https://{LB}/")
+        assert status == 200
+        bodies.add(body.strip())
+        assert headers["strict-transport-security"].startswith("max-age=31536000")
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+        assert "server" not in {k.lower() for k in headers}
+        assert re.fullmatch(r"[A-Za-z0-9._-]{1,128}", headers["x-request-id"])
+    assert bodies == {"backend 8001", "backend 8002"}
+
+
+def test_certificate_chains_to_the_lab_ca():
+    ctx = tls_context()
+    import socket
+
+    with socket.create_connection((LB, 443), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        assert tls.selected_alpn_protocol() in (None, "h2", "http/1.1")
+
+
+def test_old_tls_is_refused():
+    ctx = tls_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    import socket
+
+    with (
+        pytest.raises((ssl.SSLError, ConnectionResetError, OSError)),
+        socket.create_connection((LB, 443), timeout=5) as raw,
+        ctx.wrap_socket(raw),
+    ):
+        pass
+
+
+def test_incoming_request_id_is_kept_and_bad_one_replaced():
+    _, headers, _ = get(f"https://{LB}/", headers={"X-Request-ID": "abc-123.XYZ"})
+    assert headers["x-request-id"] == "abc-123.XYZ"
+    _, headers, _ = get(f"https://{LB}/", headers={"X-Request-ID": "bad id <script>"})
+    assert headers["x-request-id"] != "bad id <script>"
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,128}", headers["x-request-id"])
+
+
+def test_runtime_api_socket_is_root_only(host):
+    sock = host.file(SOCKET)
+    assert sock.is_socket
+    assert sock.user == "root"
+    assert sock.mode == 0o600
+    assert host.run(f"su -s /bin/sh -c 'echo show info | socat stdio {SOCKET}' nobody").rc != 0
+
+
+def test_stats_need_the_password(host):
+    status, _, _ = get(f"http://{LB}:8404/stats")
+    assert status == 401
+    password = (EPHEMERAL / "credentials" / "haproxy-stats-lb1").read_text().strip()
+    status, _, body = get(f"http://{LB}:8404/stats;csv", auth=("admin", password))
+    assert status == 200
+    assert "app,lb1-8001" in body
+
+
+def test_prometheus_exporter():
+    status, _, body = get(f"http://{LB}:8404/metrics")
+    assert status == 200
+    assert 'haproxy_backend_active_servers{proxy="app"}' in body
+
+
+def test_health_check_marks_a_stopped_backend_down_and_back_up(host):
+    """inter 2s, fall 2, rise 2: down within 2 x 2 s (+1 interval slack), bound 10 s."""
+    assert server_states(host) == {"lb1-8001": "UP", "lb1-8002": "UP"}
+    host.run_test("systemctl stop backend@8002")
+    try:
+        t0 = time.monotonic()
+        while not server_states(host)["lb1-8002"].startswith("DOWN") and time.monotonic() - t0 < 10:
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        assert server_states(host)["lb1-8002"].startswith("DOWN"), took
+        assert took <= 6.5, took
+        for _ in range(6):  # every request now goes to the healthy backend
+            status, _, body = get(f"https://{LB}/")
+            assert (status, body.strip()) == (200, "backend 8001")
+    finally:
+        host.run_test("systemctl start backend@8002")
+    t0 = time.monotonic()
+    while server_states(host)["lb1-8002"] != "UP" and time.monotonic() - t0 < 15:
+        time.sleep(0.2)
+    assert server_states(host)["lb1-8002"] == "UP"
+
+
+def test_reloads_under_load_lose_no_request(host):
+    """20 reloads while a client sends requests over fresh connections: no failure.
+
+    The load is bounded: one client thread for at most 60 s or 5,000 requests.
+    """
+    results = {"ok": 0, "failed": 0, "errors": []}
+    stop = threading.Event()
+
+    def client():
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline and results["ok"] + results["failed"] < 5000:
+            try:
+                status, _, _ = get(f"https://{LB}/", timeout=5)
+                if status == 200:
+                    results["ok"] += 1
+                else:
+                    results["failed"] += 1
+                    results["errors"].append(status)
+            except Exception as exc:
+                results["failed"] += 1
+                results["errors"].append(repr(exc))
+
+    worker = threading.Thread(target=client)
+    worker.start()
+    master_before = host.check_output("systemctl show -p MainPID --value haproxy")
+    try:
+        for _ in range(20):
+            host.run_test("systemctl reload haproxy")
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join(timeout=70)
+    assert host.check_output("systemctl show -p MainPID --value haproxy") == master_before  # reloaded, not restarted
+    assert results["ok"] > 50, results
+    assert results["failed"] == 0, results["errors"][:5]
+
+
+def test_rejected_config_leaves_the_running_service_untouched(host, tmp_path):
+    """A value haproxy -c rejects fails the run; the old config keeps serving."""
+    before = host.file("/etc/haproxy/haproxy.cfg").sha256sum
+    master = host.check_output("systemctl show -p MainPID --value haproxy")
+    extra = tmp_path / "bad.json"
+    extra.write_text(json.dumps({"haproxy_frontend_extra_config": ["http-request no-such-action"]}))
+    res = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "converge.yml"),
+         "-e", f"@{extra}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    output = res.stdout + res.stderr
+    assert res.returncode != 0, output[-2000:]
+    assert "failed to validate" in output, output[-2000:]
+    assert host.file("/etc/haproxy/haproxy.cfg").sha256sum == before
+    assert host.check_output("systemctl show -p MainPID --value haproxy") == master
+    assert get(f"https://{LB}/")[0] == 200
