@@ -1,0 +1,75 @@
+"""Behaviour of the app role: releases, sandboxed instances, readiness, a second release."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+API_PORTS = (8000, 8001)
+ADDR = "172.30.77.31"
+
+
+def get_json(host, url: str) -> dict:
+    return json.loads(host.check_output(f"curl -sf --max-time 5 {url}"))
+
+
+def test_instances_run(host):
+    for name in [f"api-{p}" for p in API_PORTS] + ["backend-9000"]:
+        unit = host.service(f"keel-app@{name}")
+        assert unit.is_running, name
+        assert unit.is_enabled, name
+
+
+def test_api_listens_on_the_private_address_backend_on_loopback_only(host):
+    for port in API_PORTS:
+        assert host.socket(f"tcp://{ADDR}:{port}").is_listening
+    assert host.socket("tcp://127.0.0.1:9000").is_listening
+    assert not host.socket(f"tcp://{ADDR}:9000").is_listening
+
+
+def test_api_calls_backend_and_reports_the_release(host):
+    for port in API_PORTS:
+        body = get_json(host, f"http://{ADDR}:{port}/")
+        assert body["service"] == "api"
+        assert body["version"] == "1.0.1"  # side_effect deployed 1.0.1
+        assert body["backend"]["service"] == "backend"
+        assert body["backend"]["version"] == "1.0.1"
+
+
+def test_readyz_and_metrics(host):
+    assert get_json(host, f"http://{ADDR}:8000/readyz")["status"] == "ready"
+    metrics = host.check_output(f"curl -sf http://{ADDR}:8000/metrics")
+    assert 'keel_app_build_info{' in metrics and 'version="1.0.1"' in metrics
+
+
+def test_current_points_at_the_new_release_and_the_old_one_is_kept(host):
+    current = host.file("/opt/keel-app/current")
+    assert current.is_symlink
+    assert current.linked_to == "/opt/keel-app/releases/1.0.1"
+    assert host.file("/opt/keel-app/releases/1.0.0/venv/bin/keel-app").exists  # rollback target
+
+
+def test_service_user_cannot_change_code_or_settings(host):
+    assert host.user("keel-app").shell == "/usr/sbin/nologin"
+    res = host.run("setpriv --reuid keel-app --regid keel-app --clear-groups touch /opt/keel-app/current/x")
+    assert res.rc != 0
+    env = host.file("/etc/keel-app/common.env")
+    assert env.user == "root" and env.group == "keel-app" and env.mode == 0o640
+
+
+@pytest.mark.parametrize("name", [f"api-{API_PORTS[0]}", "backend-9000"])
+def test_units_are_sandboxed(host, name):
+    """systemd-analyze security must rate every instance 2.0 or lower ("OK" or better)."""
+    out = host.check_output(f"systemd-analyze security --no-pager keel-app@{name}.service | tail -1")
+    match = re.search(r"exposure level for \S+: (\d+\.\d+)", out)
+    assert match, out
+    assert float(match.group(1)) <= 2.0, out
+
+
+def test_instances_run_unprivileged(host):
+    pid = host.check_output("systemctl show -p MainPID --value keel-app@api-8000")
+    status = host.file(f"/proc/{pid}/status").content_string
+    assert re.search(r"^CapEff:\s+0+$", status, re.M)
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
