@@ -18,6 +18,8 @@ playbook() { "$KEEL_VENV/bin/ansible-playbook" -i "$inventory" "$@"; }
 case "$action" in
   up)
     "$KEEL_ROOT/scripts/setup.sh"
+    step "application release"
+    "$KEEL_ROOT/scripts/build-app-release.sh" >/dev/null
     step "lab hosts (containers)"
     playbook playbooks/lab-create.yml
     step "site.yml"
@@ -27,8 +29,17 @@ case "$action" in
     step "smoke check"
     playbook playbooks/smoke.yml
     step "lab is up"
-    echo "Hosts: $(docker ps --filter name=keel-lab- --format '{{.Names}}' | sort | tr '\n' ' ')"
-    echo "Shell into one: docker exec -it keel-lab-app1 bash"
+    ca="$KEEL_ROOT/.credentials/lab-ca/ca.crt"
+    cat <<URLS
+Hosts: $(docker ps --filter name=keel-lab- --format '{{.Names}}' | sort | tr '\n' ' ')
+  App through HAProxy (TLS):  https://127.0.0.1:8443/   (CA: $ca)
+                              curl --cacert $ca https://127.0.0.1:8443/
+  HTTP (redirects to HTTPS):  http://127.0.0.1:8080/
+  HAProxy stats:              http://127.0.0.1:8404/stats   user admin, password in .credentials/haproxy-stats-lb1
+  HAProxy Prometheus metrics: http://127.0.0.1:8404/metrics
+  Shell into a host:          docker exec -it keel-lab-app1 bash
+Prometheus, Alertmanager, Grafana and Jaeger join this list when the observability layer lands.
+URLS
     ;;
   down)
     [ -x "$KEEL_VENV/bin/ansible-playbook" ] || die "no virtualenv: nothing was set up"
