@@ -8,7 +8,7 @@ import re
 import pytest
 
 API_PORTS = (8000, 8001)
-ADDR = "172.30.77.31"
+ADDR = "172.30.79.31"
 
 
 def get_json(host, url: str) -> dict:

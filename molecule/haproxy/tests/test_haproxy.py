@@ -17,7 +17,7 @@ import pytest
 
 EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
-LB = "172.30.77.21"
+LB = "172.30.78.21"
 CA = EPHEMERAL / "lab-ca" / "ca.crt"
 SOCKET = "/run/haproxy/admin.sock"
 
