@@ -4,6 +4,9 @@
 # no package index. Prints the tarball path and its sha256.
 #
 # Usage: scripts/build-app-release.sh [VERSION]   (default: the package version)
+# KEEL_RELEASE_ENV="KEY=value ..." ships release-specific environment in the
+# release (release.env, read by every instance); tests use it to build a release
+# that never becomes ready (KEEL_APP_FAIL_READINESS=1).
 # Output: $KEEL_CACHE/releases/keel-app-VERSION.tar.gz (+ .sha256)
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
@@ -12,7 +15,11 @@ version="${1:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$KEEL_ROOT/app/pyproject.to
 out="$KEEL_CACHE/releases"
 tarball="$out/keel-app-$version.tar.gz"
 mkdir -p "$out"
-src_hash=$(hash_files "$KEEL_ROOT/app/src" "$KEEL_ROOT/app/pyproject.toml" "$KEEL_ROOT/app/requirements.txt")
+# The release is rebuilt only when its sources change (build output such as
+# *.egg-info is not a source), so deploying the same version twice is a no-op.
+mapfile -t sources < <(cd "$KEEL_ROOT/app" && find src -name '*.py' | LC_ALL=C sort)
+src_hash=$( (cd "$KEEL_ROOT/app" && sha256sum "${sources[@]}" pyproject.toml requirements.txt README.md;
+  echo "release-env: ${KEEL_RELEASE_ENV:-}") | sha256sum | cut -c1-16)
 if [ -s "$tarball" ] && [ "$(cat "$tarball.src" 2>/dev/null)" = "$src_hash" ]; then
   log "release $version up to date"
 else
@@ -20,11 +27,18 @@ else
   trap 'rm -rf "$work"' EXIT
   mkdir -p "$work/keel-app-$version/wheels"
   log "building the wheelhouse for keel-app $version"
-  "$KEEL_VENV/bin/pip" wheel -q --disable-pip-version-check -w "$work/keel-app-$version/wheels" \
-    -r "$KEEL_ROOT/app/requirements.txt" "$KEEL_ROOT/app" 2> >(grep -v "^WARNING: Location" >&2)
+  # Build from a copy: the source tree stays free of build output.
+  mkdir -p "$work/src"
+  (cd "$KEEL_ROOT/app" && cp -r --parents "${sources[@]}" pyproject.toml requirements.txt README.md "$work/src/")
+  SOURCE_DATE_EPOCH=315532800 "$KEEL_VENV/bin/pip" wheel -q --disable-pip-version-check \
+    -w "$work/keel-app-$version/wheels" -r "$KEEL_ROOT/app/requirements.txt" "$work/src" \
+    2> >(grep -v "^WARNING: Location" >&2)
   cp "$KEEL_ROOT/app/requirements.txt" "$work/keel-app-$version/requirements.txt"
   echo "$version" > "$work/keel-app-$version/VERSION"
-  tar -C "$work" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -czf "$tarball.partial" "keel-app-$version"
+  : > "$work/keel-app-$version/release.env"
+  for kv in ${KEEL_RELEASE_ENV:-}; do echo "$kv" >> "$work/keel-app-$version/release.env"; done
+  tar -C "$work" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@315532800 -cf - "keel-app-$version" \
+    | gzip -n > "$tarball.partial"
   mv "$tarball.partial" "$tarball"
   printf '%s' "$src_hash" > "$tarball.src"
 fi
