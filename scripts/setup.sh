@@ -86,7 +86,8 @@ else
     log "started docker.service"
   else
     log "no init system manages docker here: starting dockerd in the background (log: /var/log/keel-dockerd.log)"
-    nohup dockerd >/var/log/keel-dockerd.log 2>&1 </dev/null &
+    # 9>&-: the daemon must not inherit (and hold forever) the setup lock
+    nohup dockerd >/var/log/keel-dockerd.log 2>&1 </dev/null 9>&- &
   fi
   for _ in $(seq 1 60); do docker_ok && break; sleep 1; done
   docker_ok || die "dockerd did not answer within 60 s; see /var/log/keel-dockerd.log"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
 API_PORTS = (8000, 8001)
 ADDR = "172.30.79.31"
+SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 
 
 def get_json(host, url: str) -> dict:
@@ -73,3 +78,31 @@ def test_instances_run_unprivileged(host):
     status = host.file(f"/proc/{pid}/status").content_string
     assert re.search(r"^CapEff:\s+0+$", status, re.M)
     assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+
+
+def _converge(*extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "converge.yml"), *extra],
+        capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_binary_release_runs_and_rolls_back_to_the_wheelhouse_release(host):
+    """Any executable given with its sha256 deploys like the reference app; rolling back restores the wheel."""
+    binary = SCENARIO / "files" / "plain-server"
+    sha256 = hashlib.sha256(binary.read_bytes()).hexdigest()
+    res = _converge("-e", "keel_test_release=2.0.0-plain", "-e", f"app_release_file={binary}",
+                    "-e", f"app_release_sha256={sha256}", "-e", "app_release_format=binary",
+                    "-e", "app_command=plain-server")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    for port in API_PORTS:
+        body = get_json(host, f"http://{ADDR}:{port}/")
+        assert body == {"service": "api", "version": "2.0.0-plain", "program": "plain-server", "path": "/"}
+    assert host.file("/opt/keel-app/releases/2.0.0-plain/.keel-exec").linked_to == \
+        "/opt/keel-app/releases/2.0.0-plain/plain-server"
+    res = _converge("-e", "app_rollback_to=1.0.1")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert host.file("/opt/keel-app/current").linked_to == "/opt/keel-app/releases/1.0.1"
+    body = get_json(host, f"http://{ADDR}:8000/")
+    assert body["version"] == "1.0.1" and body["backend"]["service"] == "backend"
+    assert host.check_output("tail -n 3 /opt/keel-app/history").split() == ["1.0.1", "2.0.0-plain", "1.0.1"]
