@@ -213,16 +213,46 @@ def test_rejected_config_leaves_the_running_service_untouched(host, tmp_path):
     """A value haproxy -c rejects fails the run; the old config keeps serving."""
     before = host.file("/etc/haproxy/haproxy.cfg").sha256sum
     master = host.check_output("systemctl show -p MainPID --value haproxy")
-    extra = tmp_path / "bad.json"
-    extra.write_text(json.dumps({"haproxy_frontend_extra_config": ["http-request no-such-action"]}))
+    output = _converge_with({"haproxy_frontend_extra_config": ["http-request no-such-action"]}, tmp_path)
+    assert "failed to validate" in output, output[-2000:]
+    assert host.file("/etc/haproxy/haproxy.cfg").sha256sum == before
+    assert host.check_output("systemctl show -p MainPID --value haproxy") == master
+    assert get(f"https://{LB}/")[0] == 200
+
+
+def _converge_with(extra: dict, tmp_path) -> str:
+    extra_file = tmp_path / "extra.json"
+    extra_file.write_text(json.dumps(extra))
     res = subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "converge.yml"),
-         "-e", f"@{extra}"],
+         "-e", f"@{extra_file}"],
         capture_output=True, text=True, timeout=300,
     )
     output = res.stdout + res.stderr
     assert res.returncode != 0, output[-2000:]
-    assert "failed to validate" in output, output[-2000:]
-    assert host.file("/etc/haproxy/haproxy.cfg").sha256sum == before
+    return " ".join(output.split())
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("case", ["two_instances_one_port", "tls_key_not_matching_certificate"])
+def test_bad_input_rejected_before_the_running_service_is_touched(host, case, tmp_path):
+    before = host.check_output("sha256sum /etc/haproxy/haproxy.cfg /etc/haproxy/certs/*")
+    master = host.check_output("systemctl show -p MainPID --value haproxy")
+    if case == "two_instances_one_port":
+        output = _converge_with({"app_instance_ports": [8001, 8001]}, tmp_path)
+        assert "two backend servers point at the same address and port (172.30.78.21:8001)" in output
+    else:
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                 "-subj", "/CN=lb1", "-keyout", str(tmp_path / "a.key"), "-out", str(tmp_path / "a.crt"))
+        _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(tmp_path / "b.key"))
+        output = _converge_with({"haproxy_tls_mode": "provided",
+                                 "haproxy_tls_certificate": (tmp_path / "a.crt").read_text(),
+                                 "haproxy_tls_private_key": (tmp_path / "b.key").read_text()}, tmp_path)
+        assert "haproxy_tls_private_key does not match haproxy_tls_certificate" in output
+    assert "changed=0" in output  # the recap: nothing changed
+    assert host.check_output("sha256sum /etc/haproxy/haproxy.cfg /etc/haproxy/certs/*") == before
     assert host.check_output("systemctl show -p MainPID --value haproxy") == master
     assert get(f"https://{LB}/")[0] == 200
