@@ -1,0 +1,241 @@
+"""Rolling deploy, automatic rollback, rollback playbook and a host failure, under load.
+
+One load balancer (lb1) and two app hosts (app1, app2) run the real roles. A
+bounded load loop (molecule/resources/loadloop.py) calls https://lb1/ (api ->
+backend) during each operation; every request must succeed. The tests run in
+file order and each starts from the state the previous one left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+sys.path.insert(0, str(PROJECT / "molecule" / "resources"))
+from loadloop import LoadLoop  # noqa: E402
+
+LB = "172.30.81.11"
+URL = f"https://{LB}/"
+APP_HOSTS = ("app1", "app2")
+SOCKET = "/run/haproxy/admin.sock"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(EPHEMERAL / "lab-ca" / "ca.crt"))
+    ctx.check_hostname = False  # the certificate names lb1; the tests dial its address
+    return ctx
+
+
+def sh(container: str, command: str, check: bool = True) -> str:
+    result = subprocess.run(["docker", "exec", container, "bash", "-c", command],
+                            capture_output=True, text=True, timeout=120, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{container}: {command!r} failed: {result.stderr}")
+    return result.stdout
+
+
+def build_release(version: str, env: str = "") -> tuple[str, str]:
+    out = subprocess.run([str(PROJECT / "scripts" / "build-app-release.sh"), version],
+                         capture_output=True, text=True, check=True, timeout=600,
+                         env={**os.environ, "KEEL_RELEASE_ENV": env}).stdout
+    path, sha256 = out.strip().splitlines()[-1].split()
+    return path, sha256
+
+
+def playbook(name: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0"}
+    cmd = [str(ANSIBLE_PLAYBOOK), "-i", str(EPHEMERAL / "inventory"), str(PROJECT / "playbooks" / name), *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, check=False)
+    print(result.stdout[-6000:], result.stderr[-3000:], sep="\n")
+    return result
+
+
+def deploy(version: str, env: str = "") -> subprocess.CompletedProcess:
+    path, sha256 = build_release(version, env)
+    return playbook("deploy.yml", "-e", f"app_release_version={version}",
+                    "-e", f"app_release_file={path}", "-e", f"app_release_sha256={sha256}")
+
+
+def current(host: str) -> str:
+    return Path(sh(host, "readlink /opt/keel-app/current").strip()).name
+
+
+def main_pids(host: str) -> str:
+    return sh(host, "systemctl show -p MainPID --value keel-app@backend-9000 keel-app@api-8000 keel-app@api-8001")
+
+
+def versions_served(n: int = 40) -> set[str]:
+    with httpx.Client(verify=tls(), timeout=10) as client:
+        return {client.get(URL).json()["version"] for _ in range(n)}
+
+
+def server_states() -> dict[str, str]:
+    out = sh("lb1", f"echo 'show stat' | socat stdio {SOCKET}")
+    return {f[1]: f[17] for f in (line.split(",") for line in out.splitlines())
+            if len(f) > 17 and f[0] == "app" and f[1] not in ("FRONTEND", "BACKEND")}
+
+
+def load(rate: float = 40) -> LoadLoop:
+    return LoadLoop(URL, verify=tls(), workers=4, rate=rate, max_requests=100_000, max_seconds=900)
+
+
+def record(line: str) -> None:
+    """Figures for the report: reports/integration-deploy.txt (one line per measured operation)."""
+    (PROJECT / "reports").mkdir(exist_ok=True)
+    with (PROJECT / "reports" / "integration-deploy.txt").open("a") as out:
+        out.write(line + "\n")
+
+
+def under_load(name: str, action) -> tuple[LoadLoop, subprocess.CompletedProcess]:
+    """Run action() while the load loop calls the service, with a few seconds of load around it."""
+    with load() as loop:
+        time.sleep(3)
+        started = time.monotonic()
+        result = action()
+        took = time.monotonic() - started
+        time.sleep(3)
+    print(loop.summary())
+    record(f"{name}: playbook rc {result.returncode} in {took:.0f} s; {loop.summary()}")
+    return loop, result
+
+
+def test_starts_on_1_0_0_with_every_server_up():
+    assert versions_served() == {"1.0.0"}
+    states = server_states()
+    assert sorted(states) == ["app1-8000", "app1-8001", "app2-8000", "app2-8001"]
+    assert set(states.values()) == {"UP"}
+
+
+def test_trace_continues_from_api_to_backend_with_request_id():
+    trace_id, request_id = secrets.token_hex(16), f"it-{secrets.token_hex(8)}"
+    headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "X-Request-ID": request_id}
+    with httpx.Client(verify=tls(), timeout=10) as client:
+        resp = client.get(URL, headers=headers)
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == request_id
+    host = resp.json()["instance"].split("-")[0]
+    lines: list[dict] = []
+    for _ in range(20):  # access logs are flushed in batches
+        out = sh(host, f"journalctl -u 'keel-app@*' -o cat --no-pager | grep -F '\"{request_id}\"' || true")
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        if {entry.get("service") for entry in lines} >= {"api", "backend"}:
+            break
+        time.sleep(0.5)
+    by_service = {entry["service"]: entry for entry in lines}
+    assert set(by_service) >= {"api", "backend"}, lines
+    for entry in by_service.values():
+        assert entry["trace_id"] == trace_id
+        assert entry["request_id"] == request_id
+    assert by_service["api"]["span_id"] != by_service["backend"]["span_id"]
+
+
+def test_rolling_deploy_under_load_loses_no_request():
+    loop, result = under_load("rolling deploy 1.0.0 -> 1.0.1", lambda: deploy("1.0.1"))
+    assert result.returncode == 0
+    assert loop.total > 1000, loop.summary()
+    assert loop.failed == [], loop.summary()
+    assert {current(h) for h in APP_HOSTS} == {"1.0.1"}
+    assert versions_served() == {"1.0.1"}
+    for host in APP_HOSTS:
+        assert sh(host, "tail -n 2 /opt/keel-app/history").split() == ["1.0.0", "1.0.1"]
+
+
+def test_broken_release_is_rolled_back_on_the_spot_and_the_rollout_stops():
+    loop, result = under_load("broken release 1.0.2", lambda: deploy("1.0.2", env="KEEL_APP_FAIL_READINESS=1"))
+    assert result.returncode != 0
+    assert "it was rolled back to 1.0.1 and serves again" in result.stdout
+    assert loop.total > 200, loop.summary()
+    assert loop.failed == [], loop.summary()
+    assert set(loop.versions()) == {"1.0.1"}
+    # the first host got the release and went back; the second was never touched
+    assert current("app1") == current("app2") == "1.0.1"
+    assert sh("app1", "test -d /opt/keel-app/releases/1.0.2 && echo yes").strip() == "yes"
+    assert sh("app2", "test -d /opt/keel-app/releases/1.0.2 || echo absent").strip() == "absent"
+    assert "1.0.2" not in sh("app1", "cat /opt/keel-app/history").split()
+    assert set(server_states().values()) == {"UP"}
+
+
+def test_rollback_playbook_returns_every_host_to_the_previous_release():
+    loop, result = under_load("rollback.yml", lambda: playbook("rollback.yml"))
+    assert result.returncode == 0
+    assert loop.failed == [], loop.summary()
+    assert {current(h) for h in APP_HOSTS} == {"1.0.0"}
+    assert versions_served() == {"1.0.0"}
+
+
+def test_refuses_to_drain_the_last_serving_host():
+    for port in (8000, 8001):
+        sh("lb1", f"echo 'disable server app/app2-{port}' | socat stdio {SOCKET}")
+    try:
+        result = deploy("1.0.1")
+        assert result.returncode != 0
+        assert "has no server of another app host UP" in result.stdout
+        assert current("app1") == "1.0.0"
+    finally:
+        for port in (8000, 8001):
+            sh("lb1", f"echo 'enable server app/app2-{port}' | socat stdio {SOCKET}")
+
+
+@pytest.mark.parametrize("case", ["checksum_mismatch", "two_instances_one_port"])
+def test_bad_input_rejected_before_any_running_service_is_touched(case):
+    path, sha256 = build_release("1.0.1")
+    extra = ["-e", "app_release_version=1.0.1", "-e", f"app_release_file={path}"]
+    if case == "checksum_mismatch":
+        extra += ["-e", f"app_release_sha256={'0' * 64}"]
+        message = "not the expected 0000"
+    else:
+        extra += ["-e", f"app_release_sha256={sha256}", "-e", "app_backend_port=8001"]
+        message = "the backend port outside the api port range"
+    before = {h: (current(h), main_pids(h)) for h in APP_HOSTS}
+    result = playbook("deploy.yml", *extra)
+    assert result.returncode != 0
+    assert message in " ".join(result.stdout.split())
+    assert {h: (current(h), main_pids(h)) for h in APP_HOSTS} == before
+    assert set(server_states().values()) == {"UP"}  # nothing was drained
+    assert versions_served() == {"1.0.0"}
+
+
+@pytest.fixture
+def killed_app2():
+    yield
+    subprocess.run(["docker", "start", "app2"], capture_output=True, check=False, timeout=120)
+
+
+def test_app_host_killed_under_load(killed_app2):
+    """app2 loses power (docker kill) under load: failures are counted, and HAProxy marks it DOWN."""
+    for _ in range(30):
+        if set(server_states().values()) == {"UP"}:
+            break
+        time.sleep(1)
+    with load(rate=200) as loop:
+        time.sleep(5)
+        killed_at = time.monotonic()
+        subprocess.run(["docker", "kill", "app2"], capture_output=True, check=True, timeout=60)
+        down_after = None
+        while time.monotonic() - killed_at < 30:
+            states = server_states()
+            if all(states[f"app2-{p}"].startswith("DOWN") for p in (8000, 8001)):
+                down_after = time.monotonic() - killed_at
+                break
+            time.sleep(0.2)
+        time.sleep(10)
+    failed = len(loop.failed)
+    share = failed / max(loop.total, 1)
+    report = (f"app host killed under load: {loop.total} requests, {failed} failed ({share:.4%}), "
+              f"marked DOWN after {down_after} s; {loop.summary()}")
+    print(report)
+    record(report)
+    assert down_after is not None and down_after <= 10, report  # inter 2 s x fall 2 + a check timeout
+    assert loop.total > 2000, report
+    assert share <= 0.001, report

@@ -1,0 +1,275 @@
+"""Lab benchmark (run through scripts/bench.sh, which installs the tools).
+
+Measures, in one run on the lab:
+  ceiling  HAProxy answering a static response itself (TLS, no app)
+  lb_app   through HAProxy (TLS) to the app's api instances: /hello
+  direct   one api instance without the load balancer (plain HTTP): /hello
+Peak throughput: wrk, closed loop, median of N rounds. Latency at fixed arrival
+rates: tools/loadgen (open loop, corrected for coordinated omission). Profile:
+py-spy flame graph of one api instance while wrk loads the load balancer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORY = ROOT / "inventories" / "lab" / "hosts.yml"
+CA = ROOT / ".credentials" / "lab-ca" / "ca.crt"
+TARGET_RPS = 10_000
+FIXED_RATE = 5_000
+TARGET_P99_MS = 25.0
+
+
+def lab_addresses() -> dict[str, str]:
+    inv = yaml.safe_load(INVENTORY.read_text())
+    out: dict[str, str] = {}
+
+    def walk(node: dict) -> None:
+        for name, hostvars in (node.get("hosts") or {}).items():
+            out[name] = (hostvars or {}).get("keel_private_ip", "")
+        for child in (node.get("children") or {}).values():
+            walk(child or {})
+
+    walk(inv["all"])
+    return out
+
+
+def run(cmd: list[str], timeout: float) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=timeout).stdout
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict:
+    out = run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url], timeout=seconds + 60)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {"rps": rps, "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+            "non_2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+def loadgen(binary: str, url: str, rate: int, seconds: int, connections: int) -> dict:
+    cmd = [binary, "-url", url, "-rate", str(rate), "-duration", str(seconds), "-conns", str(connections)]
+    if url.startswith("https"):
+        cmd += ["-cacert", str(CA)]
+    return json.loads(run(cmd, timeout=seconds + 120))
+
+
+def api_pid(container: str, port: int) -> int:
+    """Host PID of the api instance on that port inside the container."""
+    out = run(["docker", "top", container, "-eo", "pid,args"], timeout=30)
+    for line in out.splitlines()[1:]:
+        pid = int(line.split()[0])
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"KEEL_APP_SERVICE=api" in env and f"KEEL_APP_PORT={port}".encode() in env:
+            return pid
+    raise SystemExit(f"no api instance on port {port} in {container}")
+
+
+def profile(url: str, pid: int, seconds: int, out: Path) -> str:
+    """py-spy flame graph of one instance while wrk loads the load balancer."""
+    load = threading.Thread(target=wrk, args=(url, seconds + 4, 64), daemon=True)
+    load.start()
+    time.sleep(2)
+    spy = Path(sys.executable).parent / "py-spy"
+    subprocess.run([str(spy), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
+                    "--nonblocking", "--format", "flamegraph", "--output", str(out)],
+                   capture_output=True, text=True, check=True, timeout=seconds + 60)
+    load.join()
+    return out.name
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?")
+    mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+
+    def version(cmd: list[str]) -> str:
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+            return (res.stdout or res.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 2**20, 1),
+            "kernel": platform.release(),
+            "haproxy": version(["docker", "exec", "keel-lab-lb1", "haproxy", "-v"]),
+            "wrk": version(["wrk", "-v"]), "go": version(["go", "version"]),
+            "app_python": version(["docker", "exec", "keel-lab-app1", "/opt/keel-app/current/venv/bin/python",
+                                   "--version"])}
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = list(results["peak"])
+    medians = [results["peak"][n]["median_rps"] for n in names]
+    bars = left.bar([results["targets"][n]["label"] for n in names], medians, color=["#999", "#2a7", "#27a"])
+    left.bar_label(bars, fmt="%.0f")
+    left.axhline(TARGET_RPS, color="red", linestyle="--", label=f"target {TARGET_RPS} req/s")
+    left.set_ylabel("requests/s (median of rounds, wrk)")
+    left.set_title("Peak throughput")
+    left.legend()
+    left.tick_params(axis="x", labelsize=8)
+    sweep = results["sweep"]
+    rates = [s["rate_requested"] for s in sweep]
+    right.plot(rates, [s["latency_ms"].get("p50", 0) for s in sweep], "o-", label="p50")
+    right.plot(rates, [s["latency_ms"].get("p99", 0) for s in sweep], "s-", label="p99")
+    right.axhline(TARGET_P99_MS, color="red", linestyle="--", label=f"p99 target {TARGET_P99_MS:g} ms")
+    right.set_yscale("log")
+    right.set_xlabel("offered rate (requests/s, fixed arrival)")
+    right.set_ylabel("latency ms (corrected for coordinated omission)")
+    right.set_title("Through HAProxy to the app: latency vs rate")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def report(results: dict, out: Path) -> None:
+    m = results["machine"]
+    lines = [f"# keel lab benchmark, {results['started']}", "",
+             f"Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, kernel {m['kernel']}. "
+             "Load generators, HAProxy and every app instance share these CPUs.",
+             f"HAProxy: {m['haproxy']}. App: keel-app on {m['app_python']}, {results['instances']}.",
+             f"Generators: {m['wrk']} (closed loop: latency NOT corrected for coordinated omission); "
+             f"tools/loadgen built with {m['go']} (open loop, fixed arrival rate: latency measured from each "
+             "request's due time, corrected for coordinated omission).", "",
+             "## Peak throughput (wrk, "
+             f"{results['params']['wrk_connections']} connections, {results['params']['wrk_seconds']} s x "
+             f"{results['params']['rounds']} rounds, median)", "",
+             "| target | URL | median req/s | rounds req/s | wrk p50 ms | wrk p99 ms | errors |",
+             "|---|---|---|---|---|---|---|"]
+    for name, peak in results["peak"].items():
+        t = results["targets"][name]
+        rounds = peak["rounds"]
+        socket_errors = "; ".join(filter(None, (r["socket_errors"] for r in rounds))) or "no socket errors"
+        lines.append(f"| {t['label']} | `{t['url']}` | **{peak['median_rps']:.0f}** | "
+                     f"{', '.join(format(r['rps'], '.0f') for r in rounds)} | "
+                     f"{statistics.median(r['p50_ms'] for r in rounds):.2f} | "
+                     f"{statistics.median(r['p99_ms'] for r in rounds):.2f} | "
+                     f"{sum(r['non_2xx'] for r in rounds)} non-2xx; {socket_errors} |")
+    r = results["ratios"]
+    lines += ["", f"Ratios (same run): through HAProxy / HAProxy static ceiling = **{r['lb_over_ceiling']:.2f}**; "
+              f"through HAProxy (all instances) / one instance direct = **{r['lb_over_direct']:.2f}**.", "",
+              f"## Fixed arrival rate {FIXED_RATE} req/s ({results['params']['fixed_seconds']} s, tools/loadgen)", "",
+              "| target | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | non-2xx |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, fx in results["fixed"].items():
+        lat = fx["latency_ms"]
+        lines.append(f"| {results['targets'][name]['label']} | {fx['rate_achieved']:.0f} | {lat.get('p50', 0):.2f} | "
+                     f"{lat.get('p90', 0):.2f} | **{lat.get('p99', 0):.2f}** | {lat.get('p999', 0):.2f} | "
+                     f"{lat.get('max', 0):.2f} | {fx['errors']} | {fx['non_2xx']} |")
+    lines += ["", "## Latency against offered rate, through HAProxy to the app (tools/loadgen)", "",
+              "| offered req/s | achieved | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
+    for s in results["sweep"]:
+        lines.append(f"| {s['rate_requested']:.0f} | {s['rate_achieved']:.0f} | {s['latency_ms'].get('p50', 0):.2f} | "
+                     f"{s['latency_ms'].get('p99', 0):.2f} | {s['errors']} |")
+    verdict = results["verdict"]
+    lines += ["", "![throughput and latency](throughput.png)", "",
+              "## Targets", "",
+              f"- >= {TARGET_RPS} req/s through the load balancer: {verdict['rps']} "
+              f"(median {results['peak']['lb_app']['median_rps']:.0f})",
+              f"- p99 < {TARGET_P99_MS:g} ms at a fixed {FIXED_RATE} req/s through the load balancer: {verdict['p99']} "
+              f"(p99 {results['fixed']['lb_app']['latency_ms'].get('p99', 0):.2f} ms)", "",
+              "## CPU profile", "",
+              f"py-spy flame graph of `{results['profile']['instance']}` (host PID {results['profile']['pid']}) "
+              f"sampled at 200 Hz for {results['profile']['seconds']} s while wrk loaded the load balancer: "
+              f"[{results['profile']['file']}]({results['profile']['file']}).", ""]
+    out.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loadgen", required=True)
+    parser.add_argument("--quick", action="store_true", help="short rounds (a smoke run, not a measurement)")
+    args = parser.parse_args()
+    params = {"wrk_seconds": 5 if args.quick else 15, "rounds": 1 if args.quick else 3, "wrk_connections": 64,
+              "fixed_seconds": 5 if args.quick else 20, "sweep_seconds": 3 if args.quick else 10,
+              "loadgen_connections": 256, "profile_seconds": 5 if args.quick else 15}
+    hosts = lab_addresses()
+    lb, app1 = hosts["lb1"], hosts["app1"]
+    targets = {
+        "ceiling": {"label": "HAProxy static (ceiling)", "url": f"https://{lb}/__keel/static"},
+        "lb_app": {"label": "through HAProxy to the app", "url": f"https://{lb}/hello"},
+        "direct": {"label": "one app instance, no LB", "url": f"http://{app1}:8000/hello"},
+    }
+    started = datetime.now(UTC)
+    out = ROOT / "reports" / "bench" / started.strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True)
+    app_hosts = [h for h in hosts if h.startswith("app")]
+    instances = len(run(["docker", "exec", "keel-lab-app1", "bash", "-c",
+                         "ls /etc/keel-app/api-*.env"], timeout=30).split())
+    results: dict = {"started": started.isoformat(timespec="seconds"), "params": params, "targets": targets,
+                     "machine": machine(),
+                     "instances": f"{len(app_hosts)} app hosts x {instances} api instances behind HAProxy"}
+    print(f"[bench] report directory {out}", flush=True)
+    for t in targets.values():  # warm up, and fail early when a target does not answer 2xx
+        w = wrk(t["url"], 2, 16)
+        if w["non_2xx"] or w["rps"] == 0:
+            raise SystemExit(f"{t['url']} does not answer 2xx ({w}); is the lab up to date (scripts/lab.sh up)?")
+    peak = {name: {"rounds": []} for name in targets}
+    for round_ in range(params["rounds"]):
+        for name, t in targets.items():
+            res = wrk(t["url"], params["wrk_seconds"], params["wrk_connections"])
+            peak[name]["rounds"].append(res)
+            print(f"[bench] round {round_ + 1} {name}: {res['rps']:.0f} req/s", flush=True)
+    for p in peak.values():
+        p["median_rps"] = statistics.median(r["rps"] for r in p["rounds"])
+    results["peak"] = peak
+    results["ratios"] = {"lb_over_ceiling": peak["lb_app"]["median_rps"] / peak["ceiling"]["median_rps"],
+                         "lb_over_direct": peak["lb_app"]["median_rps"] / peak["direct"]["median_rps"]}
+    results["fixed"] = {}
+    for name, t in targets.items():
+        res = loadgen(args.loadgen, t["url"], FIXED_RATE, params["fixed_seconds"], params["loadgen_connections"])
+        results["fixed"][name] = res
+        print(f"[bench] fixed {FIXED_RATE}/s {name}: p99 {res['latency_ms'].get('p99')} ms", flush=True)
+    results["sweep"] = []
+    for rate in (1000, 2500, 5000, 7500, 10000, 12500):
+        res = loadgen(args.loadgen, targets["lb_app"]["url"], rate, params["sweep_seconds"],
+                      params["loadgen_connections"])
+        results["sweep"].append(res)
+        print(f"[bench] sweep {rate}/s: achieved {res['rate_achieved']:.0f}, p99 {res['latency_ms'].get('p99')} ms",
+              flush=True)
+    pid = api_pid("keel-lab-app1", 8000)
+    results["profile"] = {"instance": "app1 keel-app@api-8000", "pid": pid, "seconds": params["profile_seconds"],
+                          "file": profile(targets["lb_app"]["url"], pid, params["profile_seconds"],
+                                          out / "profile-api.svg")}
+    p99 = results["fixed"]["lb_app"]["latency_ms"].get("p99", float("inf"))
+    results["verdict"] = {
+        "rps": "met" if peak["lb_app"]["median_rps"] >= TARGET_RPS else "NOT met",
+        "p99": "met" if p99 < TARGET_P99_MS and not results["fixed"]["lb_app"]["errors"] else "NOT met"}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "throughput.png")
+    report(results, out / "report.md")
+    print((out / "report.md").read_text())
+    print(f"[bench] wrote {out}/report.md, results.json, throughput.png, profile-api.svg", flush=True)
+
+
+if __name__ == "__main__":
+    main()

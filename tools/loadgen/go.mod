@@ -1,0 +1,3 @@
+module keel/loadgen
+
+go 1.19
