@@ -6,6 +6,14 @@
     scripts/test.sh --role common           Molecule scenarios of one role (common, common_vm)
     scripts/test.sh --scenario common_vm    one Molecule scenario
     scripts/test.sh --list                  what would run
+    scripts/test.sh --jobs 1                scenarios one after another (default: 2 lanes)
+
+Lint, unit and specs run first, one after another. Molecule and integration
+scenarios then run in --jobs lanes at once (each scenario has its own Docker
+network or VM bridge). Scenarios that share a container name are kept in one lane,
+in order; lanes are balanced by each scenario's last measured duration (kept in
+$KEEL_CACHE/test-durations.json). Output lines of scenarios are prefixed with
+the scenario's name when lanes run at once.
 
 Prints a summary with pass/fail and duration per step, writes it to
 reports/test-summary.md and keeps each step's full log in .cache/test-logs/.
@@ -15,11 +23,13 @@ Exit status: 0 only when every step passed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("KEEL_VENV", ROOT / ".venv")) / "bin"
 LOGS = ROOT / ".cache" / "test-logs"
 PARTS = ("lint", "unit", "specs", "molecule", "integration")
+CACHE = Path(os.environ.get("KEEL_CACHE", Path.home() / ".cache" / "keel"))
+DURATIONS = CACHE / "test-durations.json"
+DEFAULT_SECONDS = {"vm": 1200.0, "other": 400.0}  # before the first measured run
+_print_lock = threading.Lock()
 
 
 @dataclass
@@ -40,6 +54,8 @@ class Step:
     on_success: list[list[str]] = field(default_factory=list)
     result: str = "not run"
     seconds: float = 0.0
+    scenario: str = ""
+    prefix: str = ""
 
 
 def scenarios() -> list[str]:
@@ -56,8 +72,76 @@ def scenario_steps(names: list[str], part: str) -> list[Step]:
                           ["molecule", "test", "-s", name, "--destroy", "never"],
                           before=[["molecule", "destroy", "-s", name]],
                           on_failure=[["__journal__", name], ["molecule", "destroy", "-s", name]],
-                          on_success=[["molecule", "destroy", "-s", name]]))
+                          on_success=[["molecule", "destroy", "-s", name]],
+                          scenario=name))
     return steps
+
+
+def _platform_names(scenario: str) -> set[str]:
+    """Container/VM names of a scenario (its own platforms, else the shared base's)."""
+    import yaml  # from the project's venv
+
+    def names(path: Path) -> set[str] | None:
+        data = yaml.safe_load(path.read_text()) or {}
+        plats = data.get("platforms")
+        return None if plats is None else {str(p.get("name")) for p in plats}
+
+    own = names(ROOT / "molecule" / scenario / "molecule.yml")
+    return own if own is not None else (names(ROOT / ".config" / "molecule" / "config.yml") or set())
+
+
+def conflict_groups(steps: list[Step]) -> list[list[Step]]:
+    """Scenarios that share a platform name cannot run at once: one group each, in order."""
+    groups: list[tuple[set[str], list[Step]]] = []
+    for step in steps:
+        names = _platform_names(step.scenario)
+        touching = [g for g in groups if g[0] & names]
+        merged_names, merged_steps = set(names), []
+        for g in touching:
+            merged_names |= g[0]
+            merged_steps += g[1]
+            groups.remove(g)
+        merged_steps.append(step)
+        merged_steps.sort(key=steps.index)
+        groups.append((merged_names, merged_steps))
+    return [g[1] for g in groups]
+
+
+def expected_seconds(step: Step) -> float:
+    try:
+        known = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if step.scenario in known:
+        return float(known[step.scenario])
+    return DEFAULT_SECONDS["vm" if step.scenario.endswith("_vm") else "other"]
+
+
+def lanes(steps: list[Step], jobs: int) -> list[list[Step]]:
+    """Longest group first, each to the least loaded lane."""
+    result: list[list[Step]] = [[] for _ in range(max(1, jobs))]
+    load = [0.0] * len(result)
+    groups = sorted(conflict_groups(steps), key=lambda g: -sum(map(expected_seconds, g)))
+    for group in groups:
+        i = load.index(min(load))
+        result[i] += group
+        load[i] += sum(map(expected_seconds, group))
+    return [lane for lane in result if lane]
+
+
+def record_durations(steps: list[Step]) -> None:
+    try:
+        known = json.loads(DURATIONS.read_text())
+    except (OSError, ValueError):
+        known = {}
+    for s in steps:
+        if s.scenario and s.result == "PASS":
+            known[s.scenario] = round(s.seconds)
+    try:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        DURATIONS.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        print(f"[test] could not record durations in {DURATIONS}: {exc}", flush=True)
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
@@ -110,7 +194,12 @@ def env() -> dict[str, str]:
     return e
 
 
-def run_logged(argv: list[str], log: Path) -> int:
+def say(text: str) -> None:
+    with _print_lock:
+        print(text, flush=True)
+
+
+def run_logged(argv: list[str], log: Path, prefix: str = "") -> int:
     with log.open("a") as out:
         out.write(f"$ {shlex.join(argv)}\n")
         out.flush()
@@ -119,42 +208,66 @@ def run_logged(argv: list[str], log: Path) -> int:
         for line in proc.stdout or []:
             out.write(line)
             if os.environ.get("KEEL_TEST_QUIET") != "1":
-                sys.stdout.write("  | " + line)
-                sys.stdout.flush()
+                with _print_lock:
+                    sys.stdout.write(f"  {prefix}| " + line)
+                    sys.stdout.flush()
         return proc.wait()
 
 
-def dump_journal(scenario: str, log: Path) -> None:
+def dump_journal(scenario: str, log: Path, prefix: str = "") -> None:
     """Print the journal of every instance of a failed scenario (before destroy)."""
     candidates = sorted(Path.home().glob(f".ansible/tmp/molecule.*.{scenario}/inventory"),
                         key=lambda p: p.stat().st_mtime)
     if not candidates:
-        print(f"[test] no inventory found for {scenario}; cannot dump journals", flush=True)
+        say(f"[test] no inventory found for {scenario}; cannot dump journals")
         return
-    print(f"[test] journals of {scenario}'s instances:", flush=True)
+    say(f"[test] journals of {scenario}'s instances:")
     run_logged(["ansible", "all", "-i", str(candidates[-1]), "-m", "ansible.builtin.shell",
-                "-a", "systemctl --failed --no-pager; journalctl -b --no-pager -n 200 -o short-precise"], log)
+                "-a", "systemctl --failed --no-pager; journalctl -b --no-pager -n 200 -o short-precise"], log, prefix)
 
 
 def execute(step: Step) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / (re.sub(r"[^a-zA-Z0-9_.-]+", "_", step.name) + ".log")
     log.write_text("")
-    print(f"\n[test] == {step.part}: {step.name}", flush=True)
+    say(f"\n[test] == {step.part}: {step.name}")
     t0 = time.monotonic()
     rc = 0
     for pre in step.before:
-        rc = rc or run_logged(pre, log)
-    rc = rc or run_logged(step.argv, log)
+        rc = rc or run_logged(pre, log, step.prefix)
+    rc = rc or run_logged(step.argv, log, step.prefix)
     follow = step.on_failure if rc else step.on_success
     for extra in follow:
         if extra[0] == "__journal__":
-            dump_journal(extra[1], log)
+            dump_journal(extra[1], log, step.prefix)
         else:
-            run_logged(extra, log)
+            run_logged(extra, log, step.prefix)
     step.seconds = time.monotonic() - t0
     step.result = "PASS" if rc == 0 else f"FAIL (rc {rc}, log {log.relative_to(ROOT)})"
-    print(f"[test] {step.name}: {step.result} in {step.seconds:.0f}s", flush=True)
+    say(f"[test] {step.name}: {step.result} in {step.seconds:.0f}s")
+
+
+def execute_all(steps: list[Step], jobs: int) -> None:
+    """Non-scenario steps in order, then the scenarios in lanes."""
+    for step in steps:
+        if not step.scenario:
+            execute(step)
+    scenario_steps_ = [s for s in steps if s.scenario]
+    plan_ = lanes(scenario_steps_, jobs)
+    if len(plan_) <= 1:
+        for step in scenario_steps_:
+            execute(step)
+        return
+    for i, lane in enumerate(plan_, 1):
+        say(f"[test] lane {i}: " + ", ".join(s.scenario for s in lane))
+        for step in lane:
+            step.prefix = f"{step.scenario} "
+    threads = [threading.Thread(target=lambda lane=lane: [execute(s) for s in lane], name=f"lane{i}")
+               for i, lane in enumerate(plan_, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def summary(steps: list[Step], total: float) -> str:
@@ -172,6 +285,8 @@ def main() -> int:
     parser.add_argument("--role", action="append")
     parser.add_argument("--scenario", action="append")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--jobs", type=int, default=int(os.environ.get("KEEL_TEST_JOBS", "2")),
+                        help="scenarios run in this many lanes at once (default 2, env KEEL_TEST_JOBS)")
     parser.add_argument("--keep-going", action="store_true", default=True,
                         help="run every step even after a failure (default)")
     args = parser.parse_args()
@@ -179,10 +294,12 @@ def main() -> int:
     if args.list:
         for s in steps:
             print(f"{s.part:12} {s.name:32} {shlex.join(s.argv)}")
+        for i, lane in enumerate(lanes([s for s in steps if s.scenario], args.jobs), 1):
+            print(f"lane {i}: " + ", ".join(f"{s.scenario} (~{expected_seconds(s):.0f}s)" for s in lane))
         return 0
     t0 = time.monotonic()
-    for step in steps:
-        execute(step)
+    execute_all(steps, args.jobs)
+    record_durations(steps)
     text = summary(steps, time.monotonic() - t0)
     (ROOT / "reports").mkdir(exist_ok=True)
     (ROOT / "reports" / "test-summary.md").write_text(f"# Test summary\n\n{text}\n")

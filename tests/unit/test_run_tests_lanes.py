@@ -1,0 +1,57 @@
+"""The test runner's lane planning: no two scenarios that share a container run at once."""
+
+from __future__ import annotations
+
+import json
+
+import run_tests
+
+
+def _steps(names):
+    return run_tests.scenario_steps(names, "molecule")
+
+
+def _fake_platforms(monkeypatch, table):
+    monkeypatch.setattr(run_tests, "_platform_names", lambda s: set(table[s]))
+
+
+def test_scenarios_sharing_a_container_name_stay_in_one_lane_in_order(monkeypatch, tmp_path):
+    _fake_platforms(monkeypatch, {"a": ["lb1"], "b": ["x"], "c": ["lb1", "app1"], "d": ["app1"]})
+    monkeypatch.setattr(run_tests, "DURATIONS", tmp_path / "none.json")
+    plan = run_tests.lanes(_steps(["a", "b", "c", "d"]), 2)
+    by_lane = [[s.scenario for s in lane] for lane in plan]
+    assert ["a", "c", "d"] in by_lane
+    assert ["b"] in by_lane
+
+
+def test_lanes_are_balanced_by_recorded_durations(monkeypatch, tmp_path):
+    _fake_platforms(monkeypatch, {n: [n] for n in "abcd"})
+    durations = tmp_path / "d.json"
+    durations.write_text(json.dumps({"a": 1000, "b": 600, "c": 500, "d": 100}))
+    monkeypatch.setattr(run_tests, "DURATIONS", durations)
+    plan = run_tests.lanes(_steps(list("abcd")), 2)
+    loads = sorted(sum(run_tests.expected_seconds(s) for s in lane) for lane in plan)
+    assert loads == [1100, 1100]
+
+
+def test_one_job_gives_one_lane(monkeypatch, tmp_path):
+    _fake_platforms(monkeypatch, {n: [n] for n in "abc"})
+    monkeypatch.setattr(run_tests, "DURATIONS", tmp_path / "none.json")
+    assert len(run_tests.lanes(_steps(list("abc")), 1)) == 1
+
+
+def test_real_scenarios_platform_names_are_read_from_their_files():
+    # common has no platforms of its own: it uses the shared base's debian12/debian13
+    assert run_tests._platform_names("common") == {"debian12", "debian13"}
+    assert "lb1" in run_tests._platform_names("integration_deploy")
+
+
+def test_passed_scenarios_update_the_recorded_durations(monkeypatch, tmp_path):
+    durations = tmp_path / "d.json"
+    monkeypatch.setattr(run_tests, "DURATIONS", durations)
+    monkeypatch.setattr(run_tests, "CACHE", tmp_path)
+    steps = _steps(["a", "b"])
+    steps[0].result, steps[0].seconds = "PASS", 12.4
+    steps[1].result, steps[1].seconds = "FAIL (rc 1)", 99
+    run_tests.record_durations(steps)
+    assert json.loads(durations.read_text()) == {"a": 12}
