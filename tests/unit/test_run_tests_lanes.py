@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import run_tests
 
@@ -13,6 +14,7 @@ def _steps(names):
 
 def _fake_platforms(monkeypatch, table):
     monkeypatch.setattr(run_tests, "_platform_names", lambda s: set(table[s]))
+    monkeypatch.setattr(run_tests, "SHIPPED_DURATIONS", Path("/nonexistent/durations.json"))
 
 
 def test_scenarios_sharing_a_container_name_stay_in_one_lane_in_order(monkeypatch, tmp_path):
@@ -55,3 +57,11 @@ def test_passed_scenarios_update_the_recorded_durations(monkeypatch, tmp_path):
     steps[1].result, steps[1].seconds = "FAIL (rc 1)", 99
     run_tests.record_durations(steps)
     assert json.loads(durations.read_text()) == {"a": 12}
+
+
+def test_integration_scenarios_run_alone_after_the_lanes(monkeypatch):
+    order = []
+    monkeypatch.setattr(run_tests, "execute", lambda step: order.append(step.scenario))
+    monkeypatch.setattr(run_tests, "lanes", lambda steps, jobs: [steps])
+    run_tests.execute_all(_steps(["integration_x", "a", "b"]), 2)
+    assert order == ["a", "b", "integration_x"]
