@@ -59,9 +59,9 @@ def test_passed_scenarios_update_the_recorded_durations(monkeypatch, tmp_path):
     assert json.loads(durations.read_text()) == {"a": 12}
 
 
-def test_integration_scenarios_run_alone_after_the_lanes(monkeypatch):
+def test_vm_and_integration_scenarios_run_alone_after_the_lanes(monkeypatch):
     order = []
     monkeypatch.setattr(run_tests, "execute", lambda step: order.append(step.scenario))
     monkeypatch.setattr(run_tests, "lanes", lambda steps, jobs: [steps])
-    run_tests.execute_all(_steps(["integration_x", "a", "b"]), 2)
-    assert order == ["a", "b", "integration_x"]
+    run_tests.execute_all(_steps(["integration_x", "a", "a_vm", "b"]), 2)
+    assert order == ["a", "b", "a_vm", "integration_x"]
