@@ -39,8 +39,6 @@ STATE = Path(os.environ.get("KEEL_VM_STATE", ROOT / ".lab" / "vm"))
 SUITE = "bookworm"
 DISK_SIZE = "4G"
 USER = "debian"
-# Scheduling priority of qemu under software emulation (nice value; 0 keeps it normal).
-VM_NICE = int(os.environ.get("KEEL_VM_NICE", "10"))
 T0 = time.monotonic()
 
 
@@ -240,11 +238,6 @@ def up(lab: str, count: int, memory: int, cpus: int, timeout: int, net: str | No
             "-display", "none", "-serial", f"file:{state / (name + '.console')}",
             "-pidfile", str(state / f"{name}.pid"), "-daemonize",
         ]
-        if accel == "tcg" and VM_NICE > 0:
-            # Under software emulation every vCPU is a busy host thread: a lower priority
-            # lets container scenarios that run at the same time (test lanes) keep their
-            # timing, while the VMs use whatever CPU is left.
-            cmd = ["nice", "-n", str(VM_NICE), *cmd]
         run(cmd)
         info["vms"].append({"name": name, "port": port, "private_ip": private_ip, "tap": tap})
         log(f"{name}: booting ({accel}), ssh 127.0.0.1:{port}, private {private_ip}")
