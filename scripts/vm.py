@@ -9,7 +9,8 @@
 Each VM has two NICs: eth0 on qemu user networking (NAT to the Debian mirror, SSH
 forwarded to 127.0.0.1:PORT) and eth1 on a bridge this script creates for the lab
 (10.213.<lab>.0/24, no forwarding, no NAT). Acceleration: KVM when a probe boot
-shows it works, software emulation (TCG) otherwise; KEEL_VM_ACCEL=kvm|tcg forces it.
+shows it works, software emulation (TCG) otherwise; KEEL_VM_ACCEL=kvm|tcg forces it;
+KEEL_VM_CPU sets the CPU model under TCG (default max; qemu64 measured about 10 % faster here).
 Only the Python standard library is used, so this runs before the virtualenv exists.
 """
 
@@ -226,9 +227,9 @@ def up(lab: str, count: int, memory: int, cpus: int, timeout: int, net: str | No
         port = free_port()
         cmd = [
             "qemu-system-x86_64", "-name", name, "-accel", accel, "-m", str(memory), "-smp", str(cpus),
-            "-cpu", "host" if accel == "kvm" else "max",
+            "-cpu", "host" if accel == "kvm" else os.environ.get("KEEL_VM_CPU", "max"),
             "-kernel", str(img / "vmlinuz"), "-initrd", str(img / "initrd.img"),
-            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0",
+            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 audit=1 audit_backlog_limit=8192",
             "-drive", f"file={disk},if=virtio,format=qcow2",
             "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
             "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",

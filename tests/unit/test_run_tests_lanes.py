@@ -65,3 +65,24 @@ def test_vm_and_integration_scenarios_run_alone_after_the_lanes(monkeypatch):
     monkeypatch.setattr(run_tests, "lanes", lambda steps, jobs: [steps])
     run_tests.execute_all(_steps(["integration_x", "a", "a_vm", "b"]), 2)
     assert order == ["a", "b", "a_vm", "integration_x"]
+
+
+def test_role_selection_finds_every_scenario_that_converges_the_role():
+    assert run_tests.converged_roles("hardening_vm") == {"common", "ssh_hardening", "firewall", "os_hardening"}
+    assert run_tests.converged_roles("no-such-scenario") == set()
+
+
+def test_vm_scenarios_join_the_default_run_only_when_vms_are_fast(monkeypatch, tmp_path):
+    monkeypatch.setattr(run_tests, "CACHE", tmp_path)
+    monkeypatch.setattr(run_tests, "NOTES", [])
+    monkeypatch.delenv("KEEL_VM_TESTS", raising=False)
+    (tmp_path / "vm-accel").write_text("tcg\n")
+    assert run_tests.vm_tests_by_default() is False
+    assert "scripts/test.sh --part vm" in run_tests.NOTES[0]
+    (tmp_path / "vm-accel").write_text("kvm\n")
+    assert run_tests.vm_tests_by_default() is True
+    monkeypatch.setenv("KEEL_VM_TESTS", "0")
+    assert run_tests.vm_tests_by_default() is False
+    (tmp_path / "vm-accel").write_text("tcg\n")
+    monkeypatch.setenv("KEEL_VM_TESTS", "1")
+    assert run_tests.vm_tests_by_default() is True

@@ -1,4 +1,4 @@
-"""Behaviour of the ssh_hardening role on Debian 12 and 13 containers.
+"""Behaviour of the ssh_hardening role on Debian 12 (osh12) and 13 (osh13) containers (scenario `hardening`).
 
 Every login test goes over the network from the controller to the container's address
 with the real ssh client, so what is checked is what sshd does, not what a file says.
@@ -280,7 +280,7 @@ def test_reload_keeps_open_sessions_and_pid(host):
 
 # ---------------------------------------------------------------- ssh-audit
 def test_ssh_audit_hardened_debian12_policy(host):
-    if name(host) != "debian12":
+    if name(host) != "osh12":
         pytest.skip(f"'{POLICY}' describes Debian 12's OpenSSH 9.2; this host runs Debian 13")
     if importlib.util.find_spec("ssh_audit") is None:
         pytest.skip("ssh-audit is not installed in the test environment (PyPI package ssh-audit): policy scan not run")
@@ -319,17 +319,17 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_rejected_before_any_change(host, case, tmp_path):
-    if name(host) != "debian12":
-        pytest.skip("run once, on debian12")
+    if name(host) != "osh12":
+        pytest.skip("run once, on osh12")
     overrides, messages = BAD_INPUTS[case]
     extra_file = tmp_path / "extra.json"
-    extra_file.write_text(json.dumps(overrides))
+    extra_file.write_text(json.dumps({"keel_test_side_effect": True, **overrides}))  # the state verify sees
     before = host.check_output(SNAPSHOT)
     dropin_before = host.check_output(f"sha256sum {DROPIN}")
     pid_before = main_pid(host)
     res = subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "converge.yml"),
-         "--limit", "debian12", "-e", f"@{extra_file}"],
+         "--limit", "osh12", "-e", f"@{extra_file}"],
         capture_output=True, text=True, timeout=600,
     )
     output = " ".join((res.stdout + res.stderr).split())

@@ -36,30 +36,9 @@ def ssh(host, user: str, command: str = "true", key: str = "admin") -> subproces
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
-# su reads the password from its terminal and flushes what was typed before its
-# prompt: this types it on a pseudo-terminal only once the prompt is there.
-SU_ON_A_TERMINAL = """
-import os, pty, sys, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp("su", ["su", "-c", "id -un", sys.argv[1]])
-seen, deadline = b"", time.monotonic() + 30
-while b"assword" not in seen and time.monotonic() < deadline:
-    seen += os.read(fd, 1024)
-time.sleep(0.3)
-os.write(fd, sys.argv[2].encode() + b"\\n")
-out = b""
-while True:
-    try:
-        chunk = os.read(fd, 1024)
-    except OSError:
-        break
-    if not chunk:
-        break
-    out += chunk
-sys.stdout.write(out.decode(errors="replace"))
-sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-"""
+# su on a pseudo-terminal (su flushes what was typed before its prompt): the helper
+# script is sent to the host and run there with python3 -c.
+SU_ON_A_TERMINAL = (Path(__file__).resolve().parents[2] / "resources" / "su_on_a_terminal.py").read_text()
 
 
 def su(host, user: str, target: str, password: str):
@@ -305,7 +284,7 @@ def test_aide_baseline_exists_and_sees_a_change(host):
 # ---------------------------------------------------------------- inputs
 def _run_converge(extra: dict, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
     extra_file = tmp_path / "extra.json"
-    extra_file.write_text(json.dumps(extra))
+    extra_file.write_text(json.dumps({"keel_test_side_effect": True, **extra}))  # the state verify sees
     res = subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "converge.yml"),
          "--limit", "osh12", "-e", f"@{extra_file}", *args],
@@ -344,6 +323,8 @@ BAD_INPUTS = {
                                 ["must be below os_hardening_password_max_days"]),
     "audit_rule_that_disables_auditing": ({"os_hardening_audit_rules_extra": ["-e 0"]},
                                           ["os_hardening_audit_rules_extra must be one auditctl rule"]),
+    "kernel_parameter_with_a_space": ({"os_hardening_kernel_cmdline": ["audit=1 quiet"]},
+                                      ["os_hardening_kernel_cmdline takes kernel parameters"]),
 }
 
 
