@@ -10,7 +10,7 @@
     scripts/test.sh --jobs 2                container scenarios in two lanes at once
 
 VM scenarios (molecule/*_vm, part "vm") join the full run only where VMs are fast
-(KVM) or with KEEL_VM_TESTS=1: under software emulation one takes 40-60 minutes.
+(KVM) or with KEEL_VM_TESTS=1: under software emulation one takes 60-90 minutes.
 
 Lint, unit and specs run first, one after another. Container scenarios then run
 in --jobs lanes (default 1: on this 2-core machine two lanes were no faster than
@@ -165,7 +165,7 @@ def vm_tests_by_default() -> bool:
     """VM scenarios join the full run when VMs are fast (KVM) or KEEL_VM_TESTS=1.
 
     Under software emulation (TCG) every Ansible task on a VM costs 5-9 s (measured
-    here), so one VM scenario alone runs 40-60 minutes: more than the whole
+    here), so one VM scenario alone runs 60-90 minutes: more than the whole
     container suite. Then they run only when asked (--part vm, --scenario NAME,
     KEEL_VM_TESTS=1), and the summary says they were left out.
     """
@@ -177,7 +177,7 @@ def vm_tests_by_default() -> bool:
     if accel == "kvm":
         return True
     NOTES.append(f"vm: not run (VM acceleration here: {accel}; under software emulation a VM scenario "
-                 "takes 40-60 min). Run them with `scripts/test.sh --part vm` or KEEL_VM_TESTS=1.")
+                 "takes 60-90 min). Run them with `scripts/test.sh --part vm` or KEEL_VM_TESTS=1.")
     return False
 
 
