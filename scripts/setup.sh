@@ -98,6 +98,10 @@ fi
 if [ "$with_images" = 1 ]; then
   step "test images"
   "$KEEL_ROOT/scripts/build-image.sh" debian12 debian13
+  # Prometheus-family release archives for the tests and the lab: the real
+  # binaries of Debian's packages in the upstream layout (no GitHub here).
+  step "test mirror of release archives"
+  "$KEEL_VENV/bin/python" "$KEEL_ROOT/scripts/build_test_mirror.py"
 fi
 if [ "$with_vm" = 1 ]; then
   step "VM image"

@@ -134,12 +134,14 @@ ALLOWED = [
     ("fw-mon", "fw-lb", 443, "HTTPS from anywhere"),
     ("fw-app13", "fw-lb", 80, "HTTP from anywhere"),
     ("fw-mon", "fw-app", 7070, "side effect service"),
+    ("fw-mon", "fw-app", 8001, "app /metrics scraped by monitoring"),
+    ("fw-mon", "fw-app13", 8000, "app /metrics scraped by monitoring (Debian 13)"),
 ]
 BLOCKED = [
     ("fw-lb", "fw-app", 9100, "node_exporter: monitoring only"),
     ("fw-app", "fw-app13", 9100, "node_exporter: monitoring only"),
-    ("fw-mon", "fw-app", 8001, "app: load balancers only"),
-    ("fw-mon", "fw-app13", 8000, "app: load balancers only"),
+    ("fw-app", "fw-mon", 9090, "Prometheus: monitoring hosts and admin networks only"),
+    ("fw-lb", "fw-mon", 9090, "Prometheus: monitoring hosts and admin networks only"),
     ("fw-app", "fw-app13", 8000, "app hosts do not call each other"),
     ("fw-lb", "fw-app", 8000, "only the host's own instance ports"),
     ("fw-lb", "fw-app13", 8001, "only the host's own instance ports"),

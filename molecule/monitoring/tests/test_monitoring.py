@@ -1,0 +1,207 @@
+"""Prometheus and node_exporter from the test mirror: wiring from inventory, upgrade,
+reload, sandboxing, and bad input rejected before anything changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+PROMETHEUS = "http://172.30.85.31:9090"
+CURRENT = {"prometheus": "2.53.3", "node_exporter": "1.9.0"}
+PREVIOUS = {"prometheus": "2.42.0", "node_exporter": "1.5.0"}
+
+
+def name(host) -> str:
+    return host.ansible.get_variables()["inventory_hostname"]
+
+
+def api(path: str, **params: str) -> dict:
+    url = f"{PROMETHEUS}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  the scenario's own host
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def query(expr: str) -> list[dict]:
+    return api("/api/v1/query", query=expr)["result"]
+
+
+def wait_for(predicate, timeout: float = 60, step: float = 2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)
+
+
+# ---------------------------------------------------------------- node_exporter (both hosts)
+def test_node_exporter_runs_the_current_version_sandboxed(host):
+    unit = host.file("/etc/systemd/system/node_exporter.service").content_string
+    assert f"/opt/keel/node_exporter/{CURRENT['node_exporter']}/node_exporter" in unit
+    assert host.service("node_exporter").is_running
+    assert host.service("node_exporter").is_enabled
+    rating = host.check_output("systemd-analyze security --no-pager node_exporter.service | tail -1")
+    assert float(rating.split()[-3]) <= 2.0, rating  # "→ Overall exposure level for ...: 1.9 OK 🙂"
+
+
+def test_node_exporter_listens_on_the_private_address_only(host):
+    address = host.ansible.get_variables()["keel_private_ip"]
+    listening = host.check_output("ss -Htlnp 'sport = :9100'")
+    assert f"{address}:9100" in listening and "0.0.0.0:9100" not in listening, listening
+
+
+def test_binaries_root_owned_and_not_writable_by_the_service_user(host):
+    binary = host.file(f"/opt/keel/node_exporter/{CURRENT['node_exporter']}/node_exporter")
+    assert binary.user == "root" and binary.group == "root"
+    assert binary.mode & 0o022 == 0, oct(binary.mode)
+    assert host.run(f"runuser -u node-exp -- test -w {binary.path}").rc != 0
+    assert host.user("node-exp").shell == "/usr/sbin/nologin"
+
+
+def test_previous_version_kept_for_a_rollback(host):
+    assert host.file(f"/opt/keel/node_exporter/{PREVIOUS['node_exporter']}/node_exporter").exists
+
+
+# ---------------------------------------------------------------- prometheus (mon1)
+@pytest.fixture
+def mon1(host):
+    if name(host) != "mon1":
+        pytest.skip("Prometheus runs on the monitoring host mon1")
+    return host
+
+
+def test_prometheus_upgraded_in_place(mon1):
+    running = api("/api/v1/status/buildinfo")["version"]  # Debian's builds say e.g. 2.53.3+ds1
+    assert running.split("+")[0] == CURRENT["prometheus"], running
+    assert mon1.file(f"/opt/keel/prometheus/{PREVIOUS['prometheus']}/prometheus").exists  # kept for a rollback
+
+
+def test_data_written_by_the_previous_version_survived_the_upgrade(mon1):
+    old = query(f'count_over_time(prometheus_build_info{{version=~"{PREVIOUS["prometheus"]}.*"}}[1h])')
+    assert old and float(old[0]["value"][1]) >= 1, old
+
+
+def test_node_exporters_report_the_current_version(mon1):
+    result = wait_for(lambda: query("node_exporter_build_info"))
+    versions = {r["metric"]["instance"]: r["metric"]["version"].split("+")[0] for r in result}
+    assert versions == {"mon1": CURRENT["node_exporter"], "node1": CURRENT["node_exporter"]}, versions
+
+
+def test_scrape_targets_come_from_the_inventory(mon1):
+    targets = api("/api/v1/targets")["activeTargets"]
+    seen = {(t["labels"]["job"], t["labels"]["instance"], t["scrapeUrl"]) for t in targets}
+    assert seen == {
+        ("node", "mon1", "http://172.30.85.31:9100/metrics"),
+        ("node", "node1", "http://172.30.85.21:9100/metrics"),
+        ("prometheus", "mon1", "http://172.30.85.31:9090/metrics"),
+        ("haproxy", "node1", "http://172.30.85.21:8404/metrics"),
+        ("app", "node1:8000", "http://172.30.85.21:8000/metrics"),  # app_instance_ports of node1
+        ("app", "node1:8001", "http://172.30.85.21:8001/metrics"),
+    }, seen
+
+
+def test_running_exporters_are_up(mon1):
+    def up() -> dict:
+        return {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in query("up")}
+    wait_for(lambda: all(up().get(k) == "1" for k in [("node", "mon1"), ("node", "node1"), ("prometheus", "mon1")]))
+    status = up()
+    assert status[("node", "mon1")] == "1" and status[("node", "node1")] == "1", status
+    assert status[("prometheus", "mon1")] == "1", status
+    # nothing listens on node1's app and HAProxy ports in this scenario: down, and said so
+    assert status[("app", "node1:8000")] == "0" and status[("haproxy", "node1")] == "0", status
+
+
+def test_alert_rules_loaded(mon1):
+    groups = {g["name"]: g for g in api("/api/v1/rules")["groups"]}
+    assert {"keel-app-recording", "keel-app-alerts", "keel-platform-alerts"} <= groups.keys(), groups.keys()
+    alerts = {r["name"] for g in groups.values() for r in g["rules"] if r["type"] == "alerting"}
+    assert {"KeelInstanceDown", "KeelHAProxyBackendDown", "KeelAppErrorBudgetBurn"} <= alerts
+
+
+def test_down_targets_raise_instance_down(mon1):
+    def firing() -> set[tuple[str, str]]:
+        return {(a["labels"]["job"], a["labels"]["instance"]) for a in api("/api/v1/alerts")["alerts"]
+                if a["labels"]["alertname"] == "KeelInstanceDown" and a["state"] == "firing"}
+    expected = {("app", "node1:8000"), ("app", "node1:8001"), ("haproxy", "node1")}
+    assert wait_for(lambda: firing() >= expected, timeout=90), firing()
+    assert ("node", "node1") not in firing()
+
+
+def test_side_effect_rule_loaded_by_a_reload_not_a_restart(mon1):
+    groups = {g["name"] for g in api("/api/v1/rules")["groups"]}
+    assert "keel-test-side-effect" in groups
+    before = mon1.file("/root/prometheus-pid-before-side-effect").content_string.strip()
+    assert mon1.check_output("systemctl show -p MainPID --value prometheus") == before
+
+
+def test_runtime_settings(mon1):
+    flags = api("/api/v1/status/flags")
+    assert flags["storage.tsdb.retention.time"] == "30d"
+    assert flags["storage.tsdb.path"] == "/var/lib/prometheus"
+    assert api("/api/v1/status/config")["yaml"].count("site: molecule") == 1
+
+
+def test_prometheus_sandboxed(mon1):
+    rating = mon1.check_output("systemd-analyze security --no-pager prometheus.service | tail -1")
+    assert float(rating.split()[-3]) <= 2.0, rating
+    binary = mon1.file(f"/opt/keel/prometheus/{CURRENT['prometheus']}/prometheus")
+    assert binary.user == "root" and binary.mode & 0o022 == 0
+    assert mon1.run(f"runuser -u prometheus -- test -w {binary.path}").rc != 0
+    assert mon1.run("runuser -u prometheus -- test -w /etc/prometheus/prometheus.yml").rc != 0
+    assert mon1.file("/usr/local/bin/promtool").linked_to == f"/opt/keel/prometheus/{CURRENT['prometheus']}/promtool"
+
+
+# ---------------------------------------------------------------- bad input (once, on mon1)
+SNAPSHOT = (
+    "{ find /opt/keel /etc/prometheus /etc/systemd/system -xdev -printf '%p %s %m %T@\\n' | LC_ALL=C sort;"
+    " systemctl show -p MainPID --value prometheus node_exporter; } | sha256sum"
+)
+BROKEN_RULE = {"broken": {"groups": [{"name": "broken", "rules": [{"alert": "Broken", "expr": "sum(up"}]}]}}
+BAD_INPUTS = {
+    "scrape_group_that_does_not_exist": (
+        {"prometheus_scrape_jobs_extra": [{"name": "db", "group": "databases", "port": 9187}]},
+        ["the scrape jobs name inventory groups that do not exist: databases"]),
+    "retention_not_a_duration": (
+        {"prometheus_retention_time": "15 days"},
+        ["prometheus_retention_time a duration such as 15d, 12h or 1y (got '15 days')"]),
+    "checksum_mismatch_on_the_mirror": (
+        {"artifact_manifest": "{{ (lookup('ansible.builtin.file', keel_test_mirror ~ '/artifacts.yml') | from_yaml)"
+                           ".artifact_manifest | combine({'prometheus': {'sha256': {'2.53.3': {'amd64': '" + "0" * 64
+                           + "'}}}}, recursive=true) }}"},
+        ["prometheus 2.53.3: the archive from", "does not match the sha256 of the manifest", "nothing was installed"]),
+    "broken_rule_file": (
+        {"prometheus_rules_extra": BROKEN_RULE},
+        ["promtool check rules", "broken"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_rejected_and_prometheus_keeps_running(mon1, case, tmp_path):
+    overrides, messages = BAD_INPUTS[case]
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"keel_test_side_effect": True, **overrides}))  # the state verify sees
+    rules_before = sorted(g["name"] for g in api("/api/v1/rules")["groups"])
+    before = mon1.check_output(SNAPSHOT)
+    res = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "converge.yml"),
+         "-e", f"@{extra}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    output = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0, output[-3000:]
+    for message in messages:
+        assert message in output, output[-3000:]
+    assert "changed=0" in res.stdout, res.stdout[-3000:]
+    assert mon1.check_output(SNAPSHOT) == before
+    assert sorted(g["name"] for g in api("/api/v1/rules")["groups"]) == rules_before
+    assert mon1.service("prometheus").is_running
