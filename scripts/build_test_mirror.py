@@ -99,6 +99,9 @@ COMPONENTS: tuple[Component, ...] = (
         binaries={"alertmanager": "usr/bin/prometheus-alertmanager", "amtool": "usr/bin/amtool"},
         configs={"alertmanager.yml": "etc/prometheus/alertmanager.yml"},
         fallbacks={"alertmanager.yml": "route:\n  receiver: default\nreceivers:\n  - name: default\n"},
+        # Debian's build reads its notification templates from this absolute path
+        # (upstream embeds them): playbooks/tasks/test-mirror-quirks.yml puts them there.
+        dirs={"debian-templates": "usr/share/prometheus/alertmanager"},
     ),
     Component(
         name="node_exporter",

@@ -37,8 +37,10 @@ Hosts: $(docker ps --filter name=keel-lab- --format '{{.Names}}' | sort | tr '\n
   HTTP (redirects to HTTPS):  http://127.0.0.1:8080/
   HAProxy stats:              http://127.0.0.1:8404/stats   user admin, password in .credentials/haproxy-stats-lb1
   HAProxy Prometheus metrics: http://127.0.0.1:8404/metrics
+  Prometheus (API; Debian's build in the lab has no web UI): http://127.0.0.1:9090/api/v1/targets
+  Alertmanager:               http://127.0.0.1:9093/
   Shell into a host:          docker exec -it keel-lab-app1 bash
-Prometheus, Alertmanager, Grafana and Jaeger join this list when the observability layer lands.
+Grafana and Jaeger join this list when their roles land.
 URLS
     ;;
   down)

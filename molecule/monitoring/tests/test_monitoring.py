@@ -15,8 +15,9 @@ import pytest
 
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 PROMETHEUS = "http://172.30.85.31:9090"
-CURRENT = {"prometheus": "2.53.3", "node_exporter": "1.9.0"}
-PREVIOUS = {"prometheus": "2.42.0", "node_exporter": "1.5.0"}
+ALERTMANAGER = "http://172.30.85.31:9093"
+CURRENT = {"prometheus": "2.53.3", "node_exporter": "1.9.0", "alertmanager": "0.28.1"}
+PREVIOUS = {"prometheus": "2.42.0", "node_exporter": "1.5.0", "alertmanager": "0.25.0"}
 
 
 def name(host) -> str:
@@ -29,6 +30,11 @@ def api(path: str, **params: str) -> dict:
         body = json.load(response)
     assert body["status"] == "success", body
     return body["data"]
+
+
+def alertmanager(path: str):
+    with urllib.request.urlopen(f"{ALERTMANAGER}{path}", timeout=10) as response:  # noqa: S310  the scenario's own host
+        return json.load(response)
 
 
 def query(expr: str) -> list[dict]:
@@ -161,10 +167,41 @@ def test_prometheus_sandboxed(mon1):
     assert mon1.file("/usr/local/bin/promtool").linked_to == f"/opt/keel/prometheus/{CURRENT['prometheus']}/promtool"
 
 
+# ---------------------------------------------------------------- alertmanager (mon1)
+def test_alertmanager_upgraded_in_place_and_sandboxed(mon1):
+    status = alertmanager("/api/v2/status")
+    assert status["versionInfo"]["version"].split("+")[0] == CURRENT["alertmanager"], status["versionInfo"]
+    assert status["cluster"]["status"] == "disabled"  # one monitoring host: no cluster listener
+    assert mon1.file(f"/opt/keel/alertmanager/{PREVIOUS['alertmanager']}/alertmanager").exists
+    rating = mon1.check_output("systemd-analyze security --no-pager alertmanager.service | tail -1")
+    assert float(rating.split()[-3]) <= 2.0, rating
+    assert mon1.run("runuser -u alertmanager -- test -w /etc/alertmanager/alertmanager.yml").rc != 0
+    assert mon1.file("/usr/local/bin/amtool").linked_to == f"/opt/keel/alertmanager/{CURRENT['alertmanager']}/amtool"
+
+
+def test_prometheus_sends_alerts_to_the_inventory_alertmanagers(mon1):
+    active = [a["url"] for a in api("/api/v1/alertmanagers")["activeAlertmanagers"]]
+    assert active == ["http://172.30.85.31:9093/api/v2/alerts"], active
+
+
+def test_down_target_alert_reaches_alertmanager_and_the_webhook(mon1):
+    def notified() -> set[tuple[str, str, str]]:
+        lines = mon1.run("cat /root/webhook.jsonl").stdout.splitlines()
+        return {(a["labels"]["alertname"], a["labels"]["instance"], a["status"])
+                for line in lines for a in json.loads(line)["body"]["alerts"]}
+    assert wait_for(lambda: ("KeelInstanceDown", "node1:8000", "firing") in notified(), timeout=120), notified()
+    in_alertmanager = {(a["labels"]["alertname"], a["labels"]["instance"]) for a in alertmanager("/api/v2/alerts")}
+    assert ("KeelInstanceDown", "node1:8000") in in_alertmanager
+
+
+def test_amtool_accepts_the_live_configuration(mon1):
+    assert mon1.run("amtool check-config /etc/alertmanager/alertmanager.yml").rc == 0
+
+
 # ---------------------------------------------------------------- bad input (once, on mon1)
 SNAPSHOT = (
-    "{ find /opt/keel /etc/prometheus /etc/systemd/system -xdev -printf '%p %s %m %T@\\n' | LC_ALL=C sort;"
-    " systemctl show -p MainPID --value prometheus node_exporter; } | sha256sum"
+    "{ find /opt/keel /etc/prometheus /etc/alertmanager /etc/systemd/system -xdev -printf '%p %s %m %T@\\n'"
+    " | LC_ALL=C sort; systemctl show -p MainPID --value prometheus node_exporter alertmanager; } | sha256sum"
 )
 BROKEN_RULE = {"broken": {"groups": [{"name": "broken", "rules": [{"alert": "Broken", "expr": "sum(up"}]}]}}
 BAD_INPUTS = {
@@ -179,10 +216,23 @@ BAD_INPUTS = {
                            ".artifact_manifest | combine({'prometheus': {'sha256': {'2.53.3': {'amd64': '" + "0" * 64
                            + "'}}}}, recursive=true) }}"},
         ["prometheus 2.53.3: the archive from", "does not match the sha256 of the manifest", "nothing was installed"]),
+    "alertmanager_route_to_an_unknown_receiver": (
+        {"alertmanager_route": {"receiver": "pager"}},
+        ["alertmanager_route.receiver must name one of alertmanager_receivers (default)"]),
+    "alertmanager_config_amtool_rejects": (
+        {"alertmanager_receivers": [{"name": "default", "webhook_configs": [{"url": "ftp://example.org/hook"}]}]},
+        ["amtool check-config", "unsupported scheme"]),
     "broken_rule_file": (
         {"prometheus_rules_extra": BROKEN_RULE},
         ["promtool check rules", "broken"]),
 }
+
+
+# Cases the roles' preflights catch (tagged always, first in each role) run the
+# preflights only; the others need the whole converge (download, promtool, amtool).
+PREFLIGHT_CASES = {"scrape_group_that_does_not_exist", "retention_not_a_duration",
+                   "alertmanager_route_to_an_unknown_receiver"}
+PREFLIGHT_ONLY = ("--tags", "keel_no_such_tag")
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -194,14 +244,15 @@ def test_bad_input_rejected_and_prometheus_keeps_running(mon1, case, tmp_path):
     before = mon1.check_output(SNAPSHOT)
     res = subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(SCENARIO / "converge.yml"),
-         "-e", f"@{extra}"],
+         "-e", f"@{extra}", *(PREFLIGHT_ONLY if case in PREFLIGHT_CASES else ())],
         capture_output=True, text=True, timeout=600,
     )
     output = " ".join((res.stdout + res.stderr).split())
     assert res.returncode != 0, output[-3000:]
     for message in messages:
         assert message in output, output[-3000:]
-    assert "changed=0" in res.stdout, res.stdout[-3000:]
+    recap = [line for line in res.stdout.splitlines() if " : ok=" in line]
+    assert recap and all("changed=0" in line for line in recap), recap
     assert mon1.check_output(SNAPSHOT) == before
     assert sorted(g["name"] for g in api("/api/v1/rules")["groups"]) == rules_before
     assert mon1.service("prometheus").is_running
