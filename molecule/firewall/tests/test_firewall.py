@@ -194,7 +194,12 @@ def test_exposure_summary(tmp_path):
     assert stats in exposure["fw-lb"]
     app_ports = {name: sorted(i["port"] for i in items if i["service"] == "app") for name, items in exposure.items()}
     assert app_ports == {"fw-lb": [], "fw-app": [8001, 8002], "fw-app13": [8000], "fw-mon": []}
-    assert all(i["sources"] == ["172.30.83.11/32"] for i in exposure["fw-app"] if i["service"] == "app")
+    # the load balancer sends requests, the monitoring host scrapes /metrics
+    assert all(sorted(i["sources"]) == ["172.30.83.11/32", "172.30.83.31/32"]
+               for i in exposure["fw-app"] if i["service"] == "app")
+    prometheus = [i for i in exposure["fw-mon"] if i["service"] == "prometheus"]
+    assert [(i["port"], sorted(i["sources"])) for i in prometheus] == [(9090, ["172.30.83.1/32", "172.30.83.31/32"])]
+    assert not any(i["service"] == "prometheus" for name in ("fw-lb", "fw-app", "fw-app13") for i in exposure[name])
 
 
 # ----------------------------------------------------------------- bad changes
