@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A test webhook receiver: appends every POSTed JSON body to a file, one line each.
+"""A test webhook receiver: appends every POSTed JSON body to a file, one line each,
+with the time it arrived (seconds since the epoch).
 
     webhook_receiver.py ADDRESS PORT FILE
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,7 +30,7 @@ def main() -> None:
                 self.end_headers()
                 return
             with out.open("a") as f:
-                f.write(json.dumps({"path": self.path, "body": record}) + "\n")
+                f.write(json.dumps({"received": time.time(), "path": self.path, "body": record}) + "\n")
             self.send_response(200)
             self.end_headers()
 

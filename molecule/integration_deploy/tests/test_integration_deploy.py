@@ -1,6 +1,8 @@
-"""Rolling deploy, automatic rollback, rollback playbook and a host failure, under load.
+"""Observability wiring, rolling deploy, automatic rollback, rollback playbook and a host failure, under load.
 
-One load balancer (lb1) and two app hosts (app1, app2) run the real roles. A
+One load balancer (lb1), two app hosts (app1, app2) and a monitoring host (obs1:
+Prometheus, Alertmanager, blackbox_exporter; node_exporter everywhere) run the
+real roles and playbooks/monitoring.yml. A
 bounded load loop (molecule/resources/loadloop.py) calls https://lb1/ (api ->
 backend) during each operation; every request must succeed. The tests run in
 file order and each starts from the state the previous one left.
@@ -15,6 +17,8 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import httpx
@@ -30,6 +34,12 @@ URL = f"https://{LB}/"
 APP_HOSTS = ("app1", "app2")
 SOCKET = "/run/haproxy/admin.sock"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+PROMETHEUS = "http://172.30.81.31:9090"
+# Stated bound from stopping an app instance to the webhook receiving the alert:
+# the rule's `for: 1m` + scrape interval (5 s here) + evaluation interval (5 s)
+# + Alertmanager's group_wait (5 s), with 30 s to spare for this shared machine.
+ALERT_BOUND_S = 105
+RESOLVE_BOUND_S = 60  # next scrape and evaluation + group_interval (10 s), with room
 
 
 def tls() -> ssl.SSLContext:
@@ -116,6 +126,87 @@ def test_starts_on_1_0_0_with_every_server_up():
     states = server_states()
     assert sorted(states) == ["app1-8000", "app1-8001", "app2-8000", "app2-8001"]
     assert set(states.values()) == {"UP"}
+
+
+def prometheus(path: str, **params: str):
+    url = f"{PROMETHEUS}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  the scenario's own host
+        body = json.load(response)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def webhook_events() -> list[tuple[float, str, str, str]]:
+    """(receive time, alertname, instance, status) of every alert the test receiver got."""
+    lines = sh("obs1", "cat /root/webhook.jsonl 2>/dev/null || true").splitlines()
+    return [(entry["received"], a["labels"]["alertname"], a["labels"].get("instance", ""), a["status"])
+            for entry in map(json.loads, lines) for a in entry["body"]["alerts"]]
+
+
+def test_prometheus_sees_every_target_of_the_inventory_up():
+    expected = (
+        {("node", host) for host in ("lb1", "app1", "app2", "obs1")}
+        | {("app", f"{host}:{port}") for host in APP_HOSTS for port in (8000, 8001)}
+        | {("haproxy", "lb1"), ("prometheus", "obs1"), ("alertmanager", "obs1"),
+           ("blackbox_exporter", "obs1"), ("blackbox", "https://lb1/")}
+    )
+
+    def targets() -> dict[tuple[str, str], str]:
+        return {(t["labels"]["job"], t["labels"]["instance"]): t["health"]
+                for t in prometheus("/api/v1/targets", state="active")["activeTargets"]}
+    deadline = time.monotonic() + 90
+    while set(targets().values()) != {"up"} and time.monotonic() < deadline:
+        time.sleep(2)
+    seen = targets()
+    assert set(seen) == expected, seen
+    assert set(seen.values()) == {"up"}, seen
+    # the public endpoint's probe: HTTPS through lb1 with the certificate checked against the lab CA
+    probe = {r["metric"]["__name__"]: float(r["value"][1]) for r in prometheus(
+        "/api/v1/query", query='{__name__=~"probe_success|probe_ssl_earliest_cert_expiry", instance="https://lb1/"}')["result"]}
+    assert probe["probe_success"] == 1, probe
+    assert probe["probe_ssl_earliest_cert_expiry"] > time.time() + 14 * 86400, probe  # no KeelCertificateExpiresSoon
+
+
+@pytest.fixture
+def stopped_instance():
+    yield "keel-app@api-8001"
+    sh("app1", "systemctl start keel-app@api-8001", check=False)
+
+
+def first_webhook_event(status: str, after: float, limit: float) -> float | None:
+    """When KeelInstanceDown for app1:8001 with this status first reached the receiver after `after` (polls)."""
+    while time.time() - after < limit:
+        times = [received for received, alert, instance, state in webhook_events()
+                 if alert == "KeelInstanceDown" and instance == "app1:8001" and state == status and received >= after]
+        if times:
+            return min(times)
+        time.sleep(2)
+    return None
+
+
+def test_stopped_app_instance_alerts_the_webhook_and_restarting_resolves_it(stopped_instance):
+    assert not any(a == "KeelInstanceDown" for _, a, _, s in webhook_events() if s == "firing"), webhook_events()
+    stopped_at = time.time()
+    sh("app1", f"systemctl stop {stopped_instance}")
+    fired = first_webhook_event("firing", stopped_at, ALERT_BOUND_S + 30)
+    assert fired is not None, f"no KeelInstanceDown for app1:8001 within {ALERT_BOUND_S + 30} s: {webhook_events()}"
+    in_alertmanager = json.loads(sh("obs1", "amtool --alertmanager.url=http://172.30.81.31:9093"
+                                            " alert query -o json alertname=KeelInstanceDown"))
+    assert [a["labels"]["instance"] for a in in_alertmanager] == ["app1:8001"], in_alertmanager
+
+    started_at = time.time()
+    sh("app1", f"systemctl start {stopped_instance}")
+    resolved = first_webhook_event("resolved", started_at, RESOLVE_BOUND_S + 30)
+    record(f"alert: app1:8001 stopped -> KeelInstanceDown at the webhook after {fired - stopped_at:.0f} s "
+           f"(bound {ALERT_BOUND_S} s); started again -> resolved after "
+           f"{(resolved - started_at) if resolved else float('nan'):.0f} s (bound {RESOLVE_BOUND_S} s)")
+    assert fired - stopped_at <= ALERT_BOUND_S, fired - stopped_at
+    assert resolved is not None and resolved - started_at <= RESOLVE_BOUND_S, (resolved, started_at)
+    # HAProxy takes the instance back before the next test
+    deadline = time.monotonic() + 30
+    while set(server_states().values()) != {"UP"} and time.monotonic() < deadline:
+        time.sleep(1)
+    assert set(server_states().values()) == {"UP"}, server_states()
 
 
 def test_trace_continues_from_api_to_backend_with_request_id():

@@ -1,4 +1,4 @@
-"""Prometheus and node_exporter from the test mirror: wiring from inventory, upgrade,
+"""Prometheus, Alertmanager, node_exporter and blackbox_exporter from the test mirror: wiring from inventory, upgrade,
 reload, sandboxing, and bad input rejected before anything changes."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 PROMETHEUS = "http://172.30.85.31:9090"
 ALERTMANAGER = "http://172.30.85.31:9093"
-CURRENT = {"prometheus": "2.53.3", "node_exporter": "1.9.0", "alertmanager": "0.28.1"}
-PREVIOUS = {"prometheus": "2.42.0", "node_exporter": "1.5.0", "alertmanager": "0.25.0"}
+CURRENT = {"prometheus": "2.53.3", "node_exporter": "1.9.0", "alertmanager": "0.28.1", "blackbox_exporter": "0.26.0"}
+PREVIOUS = {"prometheus": "2.42.0", "node_exporter": "1.5.0", "alertmanager": "0.25.0", "blackbox_exporter": "0.23.0"}
 
 
 def name(host) -> str:
@@ -113,16 +113,25 @@ def test_scrape_targets_come_from_the_inventory(mon1):
         ("haproxy", "node1", "http://172.30.85.21:8404/metrics"),
         ("app", "node1:8000", "http://172.30.85.21:8000/metrics"),  # app_instance_ports of node1
         ("app", "node1:8001", "http://172.30.85.21:8001/metrics"),
+        ("alertmanager", "mon1", "http://172.30.85.31:9093/metrics"),
+        ("blackbox_exporter", "mon1", "http://172.30.85.31:9115/metrics"),
+        # the load balancers' public endpoint, probed through mon1's blackbox_exporter
+        ("blackbox", "https://node1/", "http://172.30.85.31:9115/probe?module=http_2xx&target=https%3A%2F%2Fnode1%2F"),
     }, seen
 
 
 def test_running_exporters_are_up(mon1):
     def up() -> dict:
         return {(r["metric"]["job"], r["metric"]["instance"]): r["value"][1] for r in query("up")}
-    wait_for(lambda: all(up().get(k) == "1" for k in [("node", "mon1"), ("node", "node1"), ("prometheus", "mon1")]))
+    expected_up = [("node", "mon1"), ("node", "node1"), ("prometheus", "mon1"), ("alertmanager", "mon1"),
+                   ("blackbox_exporter", "mon1"), ("blackbox", "https://node1/")]
+    wait_for(lambda: all(up().get(k) == "1" for k in expected_up))
     status = up()
     assert status[("node", "mon1")] == "1" and status[("node", "node1")] == "1", status
     assert status[("prometheus", "mon1")] == "1", status
+    assert status[("alertmanager", "mon1")] == "1" and status[("blackbox_exporter", "mon1")] == "1", status
+    # the probe itself is answered by blackbox_exporter (up) and fails: node1 serves no HTTPS here
+    assert status[("blackbox", "https://node1/")] == "1", status
     # nothing listens on node1's app and HAProxy ports in this scenario: down, and said so
     assert status[("app", "node1:8000")] == "0" and status[("haproxy", "node1")] == "0", status
 
@@ -157,13 +166,18 @@ def test_runtime_settings(mon1):
     assert api("/api/v1/status/config")["yaml"].count("site: molecule") == 1
 
 
-def test_prometheus_sandboxed(mon1):
-    rating = mon1.check_output("systemd-analyze security --no-pager prometheus.service | tail -1")
-    assert float(rating.split()[-3]) <= 2.0, rating
-    binary = mon1.file(f"/opt/keel/prometheus/{CURRENT['prometheus']}/prometheus")
+def assert_sandboxed(host, unit: str, user: str, config: str) -> None:
+    """Unit rated <= 2.0, binary root-owned and not writable by the service user, nor its configuration."""
+    rating = host.check_output(f"systemd-analyze security --no-pager {unit}.service | tail -1")
+    assert float(rating.split()[-3]) <= 2.0, rating  # "→ Overall exposure level for ...: 1.9 OK 🙂"
+    binary = host.file(f"/opt/keel/{unit}/{CURRENT[unit]}/{unit}")
     assert binary.user == "root" and binary.mode & 0o022 == 0
-    assert mon1.run(f"runuser -u prometheus -- test -w {binary.path}").rc != 0
-    assert mon1.run("runuser -u prometheus -- test -w /etc/prometheus/prometheus.yml").rc != 0
+    assert host.run(f"runuser -u {user} -- test -w {binary.path}").rc != 0
+    assert host.run(f"runuser -u {user} -- test -w {config}").rc != 0
+
+
+def test_prometheus_sandboxed(mon1):
+    assert_sandboxed(mon1, "prometheus", "prometheus", "/etc/prometheus/prometheus.yml")
     assert mon1.file("/usr/local/bin/promtool").linked_to == f"/opt/keel/prometheus/{CURRENT['prometheus']}/promtool"
 
 
@@ -173,9 +187,7 @@ def test_alertmanager_upgraded_in_place_and_sandboxed(mon1):
     assert status["versionInfo"]["version"].split("+")[0] == CURRENT["alertmanager"], status["versionInfo"]
     assert status["cluster"]["status"] == "disabled"  # one monitoring host: no cluster listener
     assert mon1.file(f"/opt/keel/alertmanager/{PREVIOUS['alertmanager']}/alertmanager").exists
-    rating = mon1.check_output("systemd-analyze security --no-pager alertmanager.service | tail -1")
-    assert float(rating.split()[-3]) <= 2.0, rating
-    assert mon1.run("runuser -u alertmanager -- test -w /etc/alertmanager/alertmanager.yml").rc != 0
+    assert_sandboxed(mon1, "alertmanager", "alertmanager", "/etc/alertmanager/alertmanager.yml")
     assert mon1.file("/usr/local/bin/amtool").linked_to == f"/opt/keel/alertmanager/{CURRENT['alertmanager']}/amtool"
 
 
@@ -198,10 +210,36 @@ def test_amtool_accepts_the_live_configuration(mon1):
     assert mon1.run("amtool check-config /etc/alertmanager/alertmanager.yml").rc == 0
 
 
+# ---------------------------------------------------------------- blackbox_exporter (mon1)
+def test_blackbox_exporter_upgraded_in_place_and_sandboxed(mon1):
+    result = wait_for(lambda: query("blackbox_exporter_build_info"))
+    assert result and result[0]["metric"]["version"].split("+")[0] == CURRENT["blackbox_exporter"], result
+    assert mon1.file(f"/opt/keel/blackbox_exporter/{PREVIOUS['blackbox_exporter']}/blackbox_exporter").exists
+    assert_sandboxed(mon1, "blackbox_exporter", "blackbox-exp", "/etc/blackbox_exporter/blackbox.yml")
+    listening = mon1.check_output("ss -Htlnp 'sport = :9115'")
+    assert "172.30.85.31:9115" in listening and "0.0.0.0:9115" not in listening, listening
+
+
+def test_probe_of_a_dead_endpoint_fails_and_says_why(mon1):
+    """node1 (a load balancer of this inventory) serves no HTTPS here: the probe runs and fails."""
+    result = wait_for(lambda: query('probe_success{job="blackbox"}'))
+    assert [(r["metric"]["instance"], r["value"][1]) for r in result] == [("https://node1/", "0")], result
+
+
+def test_side_effect_probe_module_loaded_by_a_reload_not_a_restart(mon1):
+    assert "tcp_side_effect:" in mon1.file("/etc/blackbox_exporter/blackbox.yml").content_string
+    before = mon1.file("/root/blackbox_exporter-pid-before-side-effect").content_string.strip()
+    assert mon1.check_output("systemctl show -p MainPID --value blackbox_exporter") == before
+    with urllib.request.urlopen("http://172.30.85.31:9115/config", timeout=10) as response:
+        config = response.read().decode()
+    assert "tcp_side_effect:" in config, config
+
+
 # ---------------------------------------------------------------- bad input (once, on mon1)
 SNAPSHOT = (
-    "{ find /opt/keel /etc/prometheus /etc/alertmanager /etc/systemd/system -xdev -printf '%p %s %m %T@\\n'"
-    " | LC_ALL=C sort; systemctl show -p MainPID --value prometheus node_exporter alertmanager; } | sha256sum"
+    "{ find /opt/keel /etc/prometheus /etc/alertmanager /etc/blackbox_exporter /etc/systemd/system -xdev"
+    " -printf '%p %s %m %T@\\n' | LC_ALL=C sort;"
+    " systemctl show -p MainPID --value prometheus node_exporter alertmanager blackbox_exporter; } | sha256sum"
 )
 BROKEN_RULE = {"broken": {"groups": [{"name": "broken", "rules": [{"alert": "Broken", "expr": "sum(up"}]}]}}
 BAD_INPUTS = {
@@ -222,6 +260,9 @@ BAD_INPUTS = {
     "alertmanager_config_amtool_rejects": (
         {"alertmanager_receivers": [{"name": "default", "webhook_configs": [{"url": "ftp://example.org/hook"}]}]},
         ["amtool check-config", "unsupported scheme"]),
+    "probe_module_blackbox_exporter_rejects": (
+        {"blackbox_exporter_modules_extra": {"broken": {"prober": "http", "http": {"no_such_option": True}}}},
+        ["blackbox_exporter --config.check", "field no_such_option not found"]),
     "broken_rule_file": (
         {"prometheus_rules_extra": BROKEN_RULE},
         ["promtool check rules", "broken"]),
