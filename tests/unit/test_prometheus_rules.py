@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -31,14 +30,8 @@ def archives() -> list[Path]:
 
 
 @pytest.fixture(scope="module", params=archives(), ids=lambda p: p.parent.name)
-def promtool(request, tmp_path_factory) -> Path:
-    archive = request.param
-    out = tmp_path_factory.mktemp("promtool")
-    with tarfile.open(archive) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith("/promtool"))
-        member.name = "promtool"
-        tar.extract(member, out, filter="data")
-    return out / "promtool"
+def promtool(request, tmp_path_factory, extract_promtool) -> Path:
+    return extract_promtool(request.param, tmp_path_factory.mktemp("promtool"))
 
 
 def alerts_in(path: Path) -> set[str]:
