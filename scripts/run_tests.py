@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""keel's test suite, in order: lint, unit, specs, molecule, vm, integration.
+"""keel's test suite, in order: lint, unit, specs, molecule, vm, integration, online.
 
     scripts/test.sh                         everything (what CI runs)
     scripts/test.sh --part lint             one part (repeatable)
@@ -11,6 +11,8 @@
 
 VM scenarios (molecule/*_vm, part "vm") join the full run only where VMs are fast
 (KVM) or with KEEL_VM_TESTS=1: under software emulation one takes 60-90 minutes.
+Online scenarios (molecule/*_online, part "online") need the internet (Grafana's
+APT repository, GitHub releases) and run only with KEEL_ONLINE_TESTS=1 or when named.
 
 Lint, unit and specs run first, one after another. Container scenarios then run
 in --jobs lanes (default 1: on this 2-core machine two lanes were no faster than
@@ -44,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("KEEL_VENV", ROOT / ".venv")) / "bin"
 LOGS = ROOT / ".cache" / "test-logs"
-PARTS = ("lint", "unit", "specs", "molecule", "vm", "integration")
+PARTS = ("lint", "unit", "specs", "molecule", "vm", "integration", "online")
 NOTES: list[str] = []
 CACHE = Path(os.environ.get("KEEL_CACHE", Path.home() / ".cache" / "keel"))
 DURATIONS = CACHE / "test-durations.json"
@@ -181,9 +183,22 @@ def vm_tests_by_default() -> bool:
     return False
 
 
+def online_tests() -> bool:
+    """Scenarios that need the internet (molecule/*_online: Grafana, Loki, Alloy from
+    apt.grafana.com, Jaeger and the Prometheus family from GitHub) run only when
+    asked: KEEL_ONLINE_TESTS=1, --part online or --scenario NAME."""
+    if os.environ.get("KEEL_ONLINE_TESTS", "0") == "1":
+        return True
+    NOTES.append("online: not run (needs the internet: apt.grafana.com and github.com). Run them on a machine "
+                 "with internet with `scripts/test.sh --part online` or KEEL_ONLINE_TESTS=1.")
+    return False
+
+
 def plan(args: argparse.Namespace) -> list[Step]:
     all_scenarios = scenarios()
-    role_scenarios = [s for s in all_scenarios if not s.startswith("integration") and not s.endswith("_vm")]
+    role_scenarios = [s for s in all_scenarios
+                      if not s.startswith("integration") and not s.endswith(("_vm", "_online"))]
+    online_scenarios = [s for s in all_scenarios if s.endswith("_online")]
     vm_scenarios = [s for s in all_scenarios if s.endswith("_vm")]
     integration = [s for s in all_scenarios if s.startswith("integration")]
     if args.scenario:
@@ -197,7 +212,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
         if not chosen:
             sys.exit(f"no Molecule scenario for role(s) {args.role}; known: {all_scenarios}")
         return scenario_steps(chosen, "molecule")
-    parts = args.part or [p for p in PARTS if p != "vm" or vm_tests_by_default()]
+    parts = args.part or [p for p in PARTS
+                          if (p != "vm" or vm_tests_by_default()) and (p != "online" or online_tests())]
     steps: list[Step] = []
     for part in PARTS:
         if part not in parts:
@@ -217,6 +233,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
             steps += scenario_steps(role_scenarios, part)
         elif part == "vm":
             steps += scenario_steps(vm_scenarios, part)
+        elif part == "online":
+            steps += scenario_steps(online_scenarios, part)
         elif part == "integration":
             if integration:
                 steps += scenario_steps(integration, part)

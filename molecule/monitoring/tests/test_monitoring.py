@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
+import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "molecule" / "resources"))
+from polling import wait_for
 
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 PROMETHEUS = "http://172.30.85.31:9090"
@@ -41,13 +44,6 @@ def query(expr: str) -> list[dict]:
     return api("/api/v1/query", query=expr)["result"]
 
 
-def wait_for(predicate, timeout: float = 60, step: float = 2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)
 
 
 # ---------------------------------------------------------------- node_exporter (both hosts)

@@ -1,0 +1,106 @@
+"""The real Grafana, Loki, Alloy and Jaeger (installed from upstream by the roles):
+they run sandboxed, Grafana has its datasources and dashboards and refuses
+anonymous users, a journal line reaches Loki with the bounded labels, an OTLP
+span reaches Jaeger and Grafana finds it through its datasource."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "molecule" / "resources"))
+from polling import wait_for
+
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+HOST = "172.30.86.31"
+GRAFANA = f"http://{HOST}:3000"
+PASSWORD = (Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "grafana-admin-password").read_text().split()[0]
+
+
+def get(url: str, auth: bool = False):
+    request = urllib.request.Request(url)  # noqa: S310  http URLs of the scenario's own host
+    if auth:
+        token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310  the scenario's own host
+        return json.load(response)
+
+
+
+
+@pytest.mark.parametrize("unit", ["grafana-server", "loki", "alloy", "jaeger", "prometheus", "alertmanager",
+                                  "node_exporter", "blackbox_exporter"])
+def test_units_run_sandboxed(host, unit):
+    assert host.service(unit).is_running and host.service(unit).is_enabled
+    rating = host.check_output(f"systemd-analyze security --no-pager {unit}.service | tail -1")
+    assert float(rating.split()[-3]) <= 2.0, rating
+
+
+def test_versions_are_the_pinned_ones(host):
+    for package in ("grafana", "loki", "alloy"):
+        defaults = yaml.safe_load((PROJECT / "roles" / package / "defaults" / "main.yml").read_text())
+        assert host.package(package).version.startswith(defaults[f"{package}_version"]), package
+        assert host.file(f"/etc/apt/preferences.d/keel-{package}").contains("Pin-Priority: 1001")
+
+
+def test_grafana_refuses_anonymous_users_and_sign_up():
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        get(f"{GRAFANA}/api/search")
+    assert denied.value.code == 401
+    settings = get(f"{GRAFANA}/api/frontend/settings", auth=True)
+    assert settings["allowOrgCreate"] is False
+
+
+def test_grafana_has_the_provisioned_datasources_and_dashboards():
+    uids = {d["uid"] for d in get(f"{GRAFANA}/api/datasources", auth=True)}
+    assert uids >= {"keel-prometheus", "keel-loki", "keel-jaeger"}
+    for uid in ("keel-prometheus", "keel-loki", "keel-jaeger"):
+        health = get(f"{GRAFANA}/api/datasources/uid/{uid}/health", auth=True)
+        assert health["status"] == "OK", (uid, health)
+    boards = {d["uid"] for d in get(f"{GRAFANA}/api/search?tag=keel", auth=True)}
+    assert boards == {"keel-hosts", "keel-haproxy", "keel-app", "keel-capacity", "keel-request-correlation"}
+
+
+def test_a_journal_line_reaches_loki_with_the_bounded_labels(host):
+    probe = secrets.token_hex(8)
+    host.check_output(f"logger -t keel-online-probe 'probe {probe}'")
+    query = urllib.parse.quote(f'{{host="obs-online"}} |= "{probe}"')
+
+    def found():
+        result = get(f"http://{HOST}:3100/loki/api/v1/query_range?query={query}&limit=10")["data"]["result"]
+        return result
+    result = wait_for(found, timeout=90, step=3)
+    assert result, "the probe line did not reach Loki"
+    assert set(result[0]["stream"]) <= {"host", "service", "level"} | {"service_name", "detected_level"}, result[0]
+
+
+def test_an_otlp_span_reaches_jaeger(host):
+    trace_id = secrets.token_hex(16)
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "keel-probe"}}]}
+    span = {"resourceSpans": [{"resource": resource,
+                               "scopeSpans": [{"spans": [{
+                                   "traceId": trace_id, "spanId": secrets.token_hex(8), "name": "probe", "kind": 1,
+                                   "startTimeUnixNano": str(time.time_ns() - 1_000_000),
+                                   "endTimeUnixNano": str(time.time_ns())}]}]}]}
+    request = urllib.request.Request(f"http://{HOST}:4318/v1/traces", data=json.dumps(span).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310  the scenario's own host
+        assert response.status == 200
+
+    def found():
+        try:
+            return get(f"http://{HOST}:16686/api/traces/{trace_id}")["data"]
+        except urllib.error.HTTPError:
+            return None
+    assert wait_for(found, timeout=90, step=3), "the span did not reach Jaeger's query API"
