@@ -91,7 +91,11 @@ COMPONENTS: tuple[Component, ...] = (
                                      "  - job_name: prometheus\n    static_configs:\n"
                                      "      - targets: ['localhost:9090']\n"},
         dirs={"consoles": "usr/share/doc/prometheus/examples/consoles",
-              "console_libraries": "usr/share/doc/prometheus/examples/console_libraries"},
+              "console_libraries": "usr/share/doc/prometheus/examples/console_libraries",
+              # Debian's build has no embedded web UI; it serves its classic UI from this
+              # absolute path (links into Debian's libjs-* packages). The lab puts it there
+              # (playbooks/tasks/test-mirror-quirks.yml) so a browser can open it.
+              "debian-web": "usr/share/prometheus/web"},
     ),
     Component(
         name="alertmanager",
@@ -283,11 +287,12 @@ def notice_text(debs: tuple[Deb, ...]) -> str:
 
 @dataclass(frozen=True)
 class Member:
-    """One archive entry: a directory (source None), a file from disk, or literal bytes."""
+    """One archive entry: a directory (source None), a file from disk, literal bytes or a link."""
 
     name: str
     mode: int
     source: Path | bytes | None = None
+    link: str | None = None  # a symbolic link to this target (source unused)
 
 
 def _doc_file(path: Path) -> tuple[str, bytes]:
@@ -317,10 +322,15 @@ def plan_members(component: Component, version: str, arch: str, tree: Path, noti
     for name, rel in component.dirs.items():
         members.append(Member(f"{top}/{name}", 0o755))
         source_dir = tree / rel
-        files = sorted(p for p in source_dir.iterdir() if p.is_file()) if source_dir.is_dir() else []
-        for path in files:
-            file_name, data = _doc_file(path)
-            members.append(Member(f"{top}/{name}/{file_name}", 0o644, data))
+        for path in sorted(source_dir.rglob("*")) if source_dir.is_dir() else []:
+            inner = path.relative_to(source_dir)
+            if path.is_symlink():  # relative links into other Debian packages stay links
+                members.append(Member(f"{top}/{name}/{inner.as_posix()}", 0o777, link=os.readlink(path)))
+            elif path.is_dir():
+                members.append(Member(f"{top}/{name}/{inner.as_posix()}", 0o755))
+            elif path.is_file():
+                file_name, data = _doc_file(path)
+                members.append(Member(f"{top}/{name}/{(inner.parent / file_name).as_posix()}", 0o644, data))
     return sorted(members, key=lambda m: m.name)
 
 
@@ -333,7 +343,10 @@ def write_tar_gz(members: list[Member], handle: io.BufferedIOBase) -> None:
             info.mode, info.mtime = member.mode, MTIME
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
-            if member.source is None:
+            if member.link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, member.link
+                tar.addfile(info)
+            elif member.source is None:
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
             elif isinstance(member.source, bytes):

@@ -191,6 +191,11 @@ def _fake_tree(root: Path, with_configs: bool = True) -> Path:
     (doc / "examples/consoles/index.html.example").write_text("<html>index</html>\n")
     (doc / "examples/console_libraries/prom.lib").write_bytes(gzip.compress(b"{{ define }}\n"))
     os.rename(doc / "examples/console_libraries/prom.lib", doc / "examples/console_libraries/prom.lib.gz")
+    web = root / "usr/share/prometheus/web"  # Debian's classic UI: nested, with links into libjs-*
+    (web / "templates").mkdir(parents=True)
+    (web / "templates/_base.html").write_text("<html>{{ template }}</html>\n")
+    (web / "static").mkdir()
+    (web / "static/jquery").symlink_to("../../../javascript/jquery")
     if with_configs:
         (root / "etc/prometheus").mkdir(parents=True)
         (root / "etc/prometheus/prometheus.yml").write_text("# Sample config for Prometheus.\nglobal: {}\n")
@@ -226,7 +231,9 @@ def test_repack_layout_and_modes(tmp_path):
         assert [m.name for m in members] == [
             top, f"{top}/LICENSE", f"{top}/NOTICE", f"{top}/console_libraries",
             f"{top}/console_libraries/prom.lib", f"{top}/consoles", f"{top}/consoles/index.html.example",
-            f"{top}/consoles/node.html", f"{top}/prometheus", f"{top}/prometheus.yml", f"{top}/promtool"]
+            f"{top}/consoles/node.html", f"{top}/debian-web", f"{top}/debian-web/static",
+            f"{top}/debian-web/static/jquery", f"{top}/debian-web/templates", f"{top}/debian-web/templates/_base.html",
+            f"{top}/prometheus", f"{top}/prometheus.yml", f"{top}/promtool"]
         modes = {m.name.removeprefix(top + "/"): (m.type, m.mode) for m in members}
         assert modes[top] == (tarfile.DIRTYPE, 0o755)
         assert modes["consoles"] == (tarfile.DIRTYPE, 0o755)
@@ -234,6 +241,10 @@ def test_repack_layout_and_modes(tmp_path):
         assert modes["promtool"] == (tarfile.REGTYPE, 0o755)
         assert modes["LICENSE"] == (tarfile.REGTYPE, 0o644)
         assert modes["consoles/node.html"] == (tarfile.REGTYPE, 0o644)
+        assert modes["debian-web/templates"] == (tarfile.DIRTYPE, 0o755)
+        assert modes["debian-web/templates/_base.html"] == (tarfile.REGTYPE, 0o644)
+        link = next(m for m in members if m.name.endswith("static/jquery"))
+        assert link.issym() and link.linkname == "../../../javascript/jquery"  # kept a link, not followed
         assert {(m.uid, m.gid, m.uname, m.gname, m.mtime) for m in members} == {(0, 0, "root", "root", 0)}
         read = {m.name.removeprefix(top + "/"): tar.extractfile(m).read() for m in members if m.isfile()}
     assert read["promtool"] == b"#!/bin/sh\necho promtool, version 2.42.0+ds\n"
