@@ -50,7 +50,7 @@ Hosts: $(docker ps --filter name=keel-lab- --format '{{.Names}}' | sort | tr '\n
   HTTP (redirects to HTTPS):  http://127.0.0.1:8080/
   HAProxy stats:              http://127.0.0.1:8404/stats   user admin, password in .credentials/haproxy-stats-lb1
   HAProxy Prometheus metrics: http://127.0.0.1:8404/metrics
-  Prometheus (API; Debian's build in the lab has no web UI): http://127.0.0.1:9090/api/v1/targets
+  Prometheus (Debian's classic UI): http://127.0.0.1:9090/classic/targets   API: http://127.0.0.1:9090/api/v1/targets
   Alertmanager:               http://127.0.0.1:9093/
   Shell into a host:          docker exec -it keel-lab-app1 bash
 Grafana, Loki, Alloy and Jaeger are left out of the lab here (keel_logs_and_traces: false in
@@ -76,7 +76,7 @@ URLS
     step "browser check (screenshots in reports/lab/)"
     "$KEEL_VENV/bin/pytest" -q -p no:cacheprovider tests/lab "$@"
     step "site.yml through ansible-runner, as AWX runs it: must change nothing"
-    "$KEEL_VENV/bin/python" scripts/awx_run.py --inventory "$inventory" --playbook playbooks/site.yml \
+    "$KEEL_VENV/bin/python" scripts/awx_run.py --inventory "$inventory" playbooks/site.yml \
       --expect-changed 0 --report reports/lab/awx-noop-run.json
     ;;
   status)
