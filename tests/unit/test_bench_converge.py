@@ -486,6 +486,9 @@ def test_ctrl_c_while_ansible_runs_stops_it_and_destroys(fake_bench, monkeypatch
     make, calls = fake_bench
     monkeypatch.setenv("FAKE_SLEEP_site", "60")
     bench = make([2])
+    # A shell's background job (CI, nohup ... &) starts with SIGINT ignored, and then
+    # Python raises no KeyboardInterrupt: act as a terminal's Ctrl-C would.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     t0 = bc.time.monotonic()
@@ -494,6 +497,7 @@ def test_ctrl_c_while_ansible_runs_stops_it_and_destroys(fake_bench, monkeypatch
             bench.run()
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert bc.time.monotonic() - t0 < 40
     assert calls() == ["lab-create", "site", "lab-destroy"]
     site_pid = int((tmp_path / "calls.pids").read_text().split()[1])
