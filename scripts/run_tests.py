@@ -68,6 +68,13 @@ class Step:
     seconds: float = 0.0
     scenario: str = ""
     prefix: str = ""
+    log: Path | None = None
+    why: list[str] = field(default_factory=list)  # the lines of the log that say why it failed
+    attempts: int = 1  # a failed step runs again up to this many times in all; the summary says so
+
+    @property
+    def passed(self) -> bool:
+        return self.result.startswith("PASS")
 
 
 def scenarios() -> list[str]:
@@ -85,7 +92,11 @@ def scenario_steps(names: list[str], part: str) -> list[Step]:
                           before=[["molecule", "destroy", "-s", name]],
                           on_failure=[["__journal__", name], ["molecule", "destroy", "-s", name]],
                           on_success=[["molecule", "destroy", "-s", name]],
-                          scenario=name))
+                          scenario=name,
+                          # A scenario that fails gets a second attempt on fresh instances, except
+                          # the VM ones (an hour each under emulation). The summary names the failed
+                          # attempt, and why it failed, so a flaky test is seen, not hidden.
+                          attempts=1 if name.endswith("_vm") else 2))
     return steps
 
 
@@ -154,7 +165,7 @@ def record_durations(steps: list[Step]) -> None:
     except (OSError, ValueError):
         known = {}
     for s in steps:
-        if s.scenario and s.result == "PASS":
+        if s.scenario and s.result == "PASS":  # a retried pass would record two runs' time
             known[s.scenario] = round(s.seconds)
     try:
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -289,20 +300,40 @@ def execute(step: Step) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     log = LOGS / (re.sub(r"[^a-zA-Z0-9_.-]+", "_", step.name) + ".log")
     log.write_text("")
+    step.log = log
     say(f"\n[test] == {step.part}: {step.name}")
     t0 = time.monotonic()
-    rc = 0
-    for pre in step.before:
-        rc = rc or run_logged(pre, log, step.prefix)
-    rc = rc or run_logged(step.argv, log, step.prefix)
-    follow = step.on_failure if rc else step.on_success
-    for extra in follow:
-        if extra[0] == "__journal__":
-            dump_journal(extra[1], log, step.prefix)
-        else:
-            run_logged(extra, log, step.prefix)
+    failed_before: list[str] = []
+    for attempt in range(1, step.attempts + 1):
+        if attempt > 1:
+            say(f"[test] {step.name}: attempt {attempt} of {step.attempts} (attempt {attempt - 1} failed)")
+            with log.open("a") as out:
+                out.write(f"\n[test] ===== attempt {attempt} of {step.attempts} =====\n")
+        start = log.stat().st_size
+        rc = 0
+        for pre in step.before:
+            rc = rc or run_logged(pre, log, step.prefix)
+        rc = rc or run_logged(step.argv, log, step.prefix)
+        if rc:  # read before the journals are appended: their lines are not the reason
+            step.why = failure_excerpt(log, 40, start)
+        follow = step.on_failure if rc else step.on_success
+        for extra in follow:
+            if extra[0] == "__journal__":
+                dump_journal(extra[1], log, step.prefix)
+            else:
+                run_logged(extra, log, step.prefix)
+        if rc == 0:
+            break
+        failed_before.append(f"attempt {attempt}: " + "; ".join(step.why[-6:]))
     step.seconds = time.monotonic() - t0
-    step.result = "PASS" if rc == 0 else f"FAIL (rc {rc}, log {log.relative_to(ROOT)})"
+    where = log.relative_to(ROOT)
+    if rc:
+        step.result = f"FAIL (rc {rc}, log {where})"
+    elif failed_before:
+        first = failed_before[0][:300].replace("|", "\\|")  # it goes into a table cell
+        step.result = f"PASS on attempt {len(failed_before) + 1} (failed first, log {where}: {first})"
+    else:
+        step.result = "PASS"
     say(f"[test] {step.name}: {step.result} in {step.seconds:.0f}s")
 
 
@@ -344,13 +375,42 @@ def run_lanes(scenario_steps_: list[Step], jobs: int) -> None:
         t.join()
 
 
+# Lines that say why a step failed: Ansible's fatal/failed task results and the
+# task that produced them, pytest's failure lines, molecule's CRITICAL/ERROR.
+_WHY = re.compile(r"^(fatal:|failed:|FAILED |E  |ERROR|CRITICAL|.*Error: |.*FAILED \[)")
+
+
+def failure_excerpt(log: Path, limit: int = 40, start: int = 0) -> list[str]:
+    """The last `limit` lines of a failed step's log (from byte `start`) that say why
+    it failed. CI keeps only the end of the output: these go after the summary table."""
+    if not log.exists():
+        return []
+    with log.open("rb") as f:
+        f.seek(start)
+        lines = f.read().decode(errors="replace").splitlines()
+    why: list[str] = []
+    for i, line in enumerate(lines):
+        bare = re.sub(r"^\s*(\S+ )?\| ", "", line)  # lines copied from a sub-run keep their own text
+        if not _WHY.match(bare):
+            continue
+        task = next((lines[j] for j in range(i - 1, max(i - 30, -1), -1) if lines[j].startswith("TASK [")), "")
+        if task and (not why or why[-1] != task):
+            why.append(task)
+        why.append(line[:400])
+    return why[-limit:]
+
+
 def summary(steps: list[Step], total: float) -> str:
     lines = ["| part | step | result | seconds |", "|---|---|---|---|"]
     for s in steps:
         lines.append(f"| {s.part} | {s.name} | {s.result} | {s.seconds:.0f} |")
-    failed = sum(1 for s in steps if s.result != "PASS")
+    failed = sum(1 for s in steps if not s.passed)
     lines.append(f"\n{len(steps) - failed}/{len(steps)} steps passed in {total:.0f}s")
     lines += [f"\n{note}" for note in NOTES]
+    for s in steps:
+        if not s.passed and s.result != "not run" and s.log:
+            lines.append(f"\nwhy {s.name} failed (from {s.log.relative_to(ROOT)}):")
+            lines += ["    " + line for line in s.why] or ["    (no failure line found: read the log)"]
     return "\n".join(lines)
 
 
@@ -385,7 +445,7 @@ def main() -> int:
     (ROOT / "reports").mkdir(exist_ok=True)
     (ROOT / "reports" / "test-summary.md").write_text(f"# Test summary\n\n{text}\n")
     print("\n" + text, flush=True)
-    return 0 if all(s.result == "PASS" for s in steps) and steps else 1
+    return 0 if all(s.passed for s in steps) and steps else 1
 
 
 if __name__ == "__main__":

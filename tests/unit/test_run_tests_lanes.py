@@ -86,3 +86,66 @@ def test_vm_scenarios_join_the_default_run_only_when_vms_are_fast(monkeypatch, t
     (tmp_path / "vm-accel").write_text("tcg\n")
     monkeypatch.setenv("KEEL_VM_TESTS", "1")
     assert run_tests.vm_tests_by_default() is True
+
+
+def test_failure_excerpt_names_the_failed_task_and_pytest_failure(tmp_path):
+    log = tmp_path / "step.log"
+    log.write_text("\n".join([
+        "TASK [prometheus : Reload] ****",
+        "ok: [mon1]",
+        "TASK [prometheus : Check the reload took] ****",
+        "  mon1 | fatal: [mon1]: FAILED! => {\"msg\": \"reloadConfigSuccess false\"}",
+        "collected 3 items",
+        "tests/test_m.py::test_up PASSED [ 33%]",
+        "tests/test_m.py::test_alert FAILED [ 66%]",
+        "E       AssertionError: 0",
+        "all good here",
+    ]))
+    why = run_tests.failure_excerpt(log)
+    assert why[0] == "TASK [prometheus : Check the reload took] ****"
+    assert any("reloadConfigSuccess false" in line for line in why)
+    assert "tests/test_m.py::test_alert FAILED [ 66%]" in why
+    assert "E       AssertionError: 0" in why
+    assert not any("PASSED" in line or "all good" in line or "ok: [mon1]" in line for line in why)
+
+
+def test_summary_ends_with_why_a_step_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_tests, "ROOT", tmp_path)
+    log = tmp_path / "m.log"
+    ok = run_tests.Step("molecule", "molecule a", ["true"], result="PASS")
+    bad = run_tests.Step("molecule", "molecule b", ["false"], result="FAIL (rc 1)", log=log,
+                         why=["fatal: [mon1]: FAILED! => {}"])
+    text = run_tests.summary([ok, bad], 10)
+    assert text.splitlines()[-2:] == ["why molecule b failed (from m.log):", "    fatal: [mon1]: FAILED! => {}"]
+
+
+def _script_step(tmp_path, monkeypatch, script: str, attempts: int):
+    monkeypatch.setattr(run_tests, "ROOT", tmp_path)
+    monkeypatch.setattr(run_tests, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(run_tests, "say", lambda text: None)
+    counter = tmp_path / "count"
+    runner = tmp_path / "run.sh"
+    runner.write_text(f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}\n" + script)
+    step = run_tests.Step("molecule", "molecule flaky", ["bash", str(runner)], attempts=attempts,
+                          on_failure=[["echo", "Error: journal noise is not the reason"]])
+    run_tests.execute(step)
+    return step, int(counter.read_text())
+
+
+def test_a_step_that_fails_once_passes_on_its_second_attempt_and_says_so(tmp_path, monkeypatch):
+    step, runs = _script_step(tmp_path, monkeypatch,
+                              'if [ "$n" = 1 ]; then echo "E   AssertionError: flaked"; exit 1; fi\n', 2)
+    assert runs == 2 and step.passed
+    assert step.result.startswith("PASS on attempt 2") and "AssertionError: flaked" in step.result
+    assert "journal noise" not in step.result
+
+
+def test_a_step_that_fails_every_attempt_fails_with_the_reason(tmp_path, monkeypatch):
+    step, runs = _script_step(tmp_path, monkeypatch, 'echo "fatal: [h]: FAILED! => try $n"; exit 2\n', 2)
+    assert runs == 2 and not step.passed and step.result.startswith("FAIL (rc 2")
+    assert step.why == ["fatal: [h]: FAILED! => try 2"]
+
+
+def test_vm_scenarios_get_one_attempt_container_scenarios_two():
+    vm, box = run_tests.scenario_steps(["hardening_vm", "monitoring"], "molecule")
+    assert (vm.attempts, box.attempts) == (1, 2)
