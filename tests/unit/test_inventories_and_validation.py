@@ -321,6 +321,56 @@ def test_site_with_a_host_without_keel_private_ip_stops_in_the_first_play(tmp_pa
                                      "host app2 has no value for 'keel_private_ip'")
 
 
+def collections_with(tmp_path: Path, name: str, version: str | None) -> Path:
+    """A collections path holding the project's collections, except `name`, whose
+    MANIFEST.json says `version` (None: the collection is absent)."""
+    real = ROOT / "collections" / "ansible_collections"
+    fake = tmp_path / "collections" / "ansible_collections"
+    for ns in real.iterdir():
+        for coll in ns.iterdir():
+            if f"{ns.name}.{coll.name}" != name:
+                (fake / ns.name).mkdir(parents=True, exist_ok=True)
+                (fake / ns.name / coll.name).symlink_to(coll)
+            elif version:
+                (fake / ns.name / coll.name).mkdir(parents=True)
+                for entry in coll.iterdir():
+                    if entry.name != "MANIFEST.json":
+                        (fake / ns.name / coll.name / entry.name).symlink_to(entry)
+                manifest = json.loads((coll / "MANIFEST.json").read_text())
+                manifest["collection_info"]["version"] = version
+                (fake / ns.name / coll.name / "MANIFEST.json").write_text(json.dumps(manifest))
+    return fake.parent
+
+
+def test_the_collections_ansible_loads_are_the_pinned_ones(tmp_path):
+    """The check reads the collection the loader resolves: here, the project's collections/ folder."""
+    pinned = {c["name"]: str(c["version"]) for c in load_yaml(ROOT / "requirements.yml")["collections"]}
+    res = run_playbook(tmp_path, write_inventory(tmp_path, lab_groups()), "validate.yml", "-v")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    for name, version in pinned.items():
+        assert f"{name} {version}" in res.stdout, res.stdout[-3000:]
+
+
+@pytest.mark.parametrize("version, says", [
+    ("10.5.0", "collection community.general 10.5.0 (from "),
+    ("12.0.0", "collection community.general 12.0.0 (from "),
+    (None, "collection community.general is not installed"),
+])
+def test_site_with_an_incompatible_collection_stops_in_the_first_play(tmp_path, version, says):
+    env_path = collections_with(tmp_path, "community.general", version)
+    env = ansible_env(tmp_path)
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(env_path)
+    inv = write_inventory(tmp_path, lab_groups())
+    # validate.yml alone: site.yml would not even parse without community.general
+    res = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), "playbooks/validate.yml"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    pinned = next(str(c["version"]) for c in load_yaml(ROOT / "requirements.yml")["collections"]
+                  if c["name"] == "community.general")
+    assert_stopped_on_the_controller(res, "Validate the controller and the inventory", says,
+                                     f"keel needs {pinned} or a later {pinned.split('.')[0]}.x",
+                                     "ansible-galaxy collection install -r requirements.yml")
+
+
 # ----------------------------------------- (e) the lifecycle playbooks
 @pytest.mark.parametrize("playbook", ["add-node.yml", "remove-node.yml", "security-audit.yml"])
 def test_lifecycle_playbook_syntax(tmp_path, playbook):
