@@ -9,7 +9,11 @@ the very same paths and checksums. Each file is downloaded from URL (default: th
 manifest's artifact_mirror, https://github.com) to DIR/<path of the manifest>,
 checked against the manifest's sha256 and only then renamed into place; files
 already there with the right checksum are kept, so an interrupted run resumes.
-A checksum mismatch deletes the download and makes the exit status 1.
+A checksum mismatch deletes the download and makes the exit status 1. Where the
+manifest says upstream signs an artifact (signed_by), the detached signature is
+mirrored beside the archive and checked with gpgv against the pinned key
+(roles/artifact/files/keys/<key>.gpg, primary key fingerprint as pinned); a bad
+or missing signature deletes both and makes the exit status 1 as well.
 
 The manifest is roles/artifact/defaults/main.yml (artifact_manifest), or any vars
 file of the same schema (--manifest).
@@ -20,6 +24,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -29,6 +35,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MANIFEST = ROOT / "roles" / "artifact" / "defaults" / "main.yml"
+DEFAULT_KEYS = ROOT / "roles" / "artifact" / "files" / "keys"
+VALIDSIG = re.compile(r"^\[GNUPG:\] VALIDSIG .* ([0-9A-F]{40})$", re.MULTILINE)
 
 
 def load(manifest: Path) -> tuple[str, dict]:
@@ -64,9 +72,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, expected: str) -> str:
-    """Download url to dest through a temporary file; return 'kept', 'downloaded' or an error."""
-    if dest.exists() and sha256_of(dest) == expected:
+def fetch(url: str, dest: Path, expected: str | None) -> str:
+    """Download url to dest through a temporary file; return 'kept', 'downloaded' or an error.
+    expected None (a signature, checked by gpgv instead): always downloaded anew."""
+    if expected and dest.exists() and sha256_of(dest) == expected:
         return "kept"
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
@@ -76,7 +85,7 @@ def fetch(url: str, dest: Path, expected: str) -> str:
             for block in iter(lambda: response.read(1 << 20), b""):
                 out.write(block)
         actual = sha256_of(tmp)
-        if actual != expected:
+        if expected and actual != expected:
             return f"sha256 mismatch: got {actual}, the manifest says {expected}"
         tmp.chmod(0o644)
         tmp.replace(dest)
@@ -87,6 +96,21 @@ def fetch(url: str, dest: Path, expected: str) -> str:
         tmp.unlink(missing_ok=True)
 
 
+def verify_signature(archive: Path, signature: Path, keyring: Path, fingerprint: str) -> str:
+    """'signature good' when gpgv finds a good signature by the pinned primary key, else why not."""
+    if not keyring.is_file():
+        return f"no keyring {keyring}"
+    try:
+        res = subprocess.run(["gpgv", "--status-fd=1", f"--keyring={keyring}", str(signature), str(archive)],
+                             capture_output=True, text=True, timeout=120, check=False)
+    except OSError as exc:
+        return f"cannot run gpgv: {exc}"
+    signers = VALIDSIG.findall(res.stdout)
+    if res.returncode == 0 and signers == [fingerprint.upper()]:
+        return "signature good"
+    return f"signature NOT by {fingerprint}: " + " ".join(res.stderr.split())[-300:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="mirror directory")
@@ -94,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="source", help="base URL to download from (default: the manifest's)")
     parser.add_argument("--name", action="append", default=[], help="only this artifact (repeatable)")
     parser.add_argument("--arch", action="append", default=[], help="only this architecture (repeatable)")
+    parser.add_argument("--keys", type=Path, default=DEFAULT_KEYS, help="directory of the pinned keyrings")
     args = parser.parse_args(argv)
 
     mirror, artifacts = load(args.manifest)
@@ -102,7 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, version, arch, path in entries(artifacts, args.name, args.arch):
         expected = str(artifacts[name]["sha256"][version][arch])
         result = fetch(f"{base}/{path}", args.out / path, expected)
-        failures += result not in ("kept", "downloaded")
+        ok = result in ("kept", "downloaded")
+        signed_by = artifacts[name].get("signed_by")
+        if signed_by and ok:
+            signature = args.out / f"{path}{signed_by.get('suffix', '.asc')}"
+            checked = fetch(f"{base}/{path}{signed_by.get('suffix', '.asc')}", signature, None)
+            if checked == "downloaded":
+                checked = verify_signature(args.out / path, signature, args.keys / f"{signed_by['key']}.gpg",
+                                           str(signed_by["fingerprint"]))
+            ok = checked == "signature good"
+            if not ok:
+                (args.out / path).unlink(missing_ok=True)
+                signature.unlink(missing_ok=True)
+            result = f"{result}, {checked}"
+        failures += not ok
         print(f"{name} {version} {arch}: {result}", flush=True)
     print(f"mirror in {args.out}: set artifact_mirror to the URL that serves it"
           + (f"; {failures} file(s) FAILED" if failures else ""))
