@@ -6,7 +6,8 @@
 DIR holds (written by molecule/hardening_vm):
 - lynis-before.dat, lynis-after.dat: Lynis report files of vm1 before any keel role
   ran and after the hardening layer and a reboot (only with KEEL_HARDENING_REPORT=1,
-  see scripts/hardening-report.sh);
+  see scripts/hardening-report.sh); lynis-after.log (optional): Lynis' log of the
+  after run, from which the report lists the tests that did not get all their points;
 - ssh-audit.txt: ssh-audit against vm1, policy "Hardened Debian 12 (version 2)";
 - ports.json: listening sockets of each VM and whether the lab host (on the VM's
   private network, not an admin network) could open a TCP connection to each;
@@ -43,6 +44,23 @@ def read_lynis(path: Path) -> dict:
         raise ValueError(f"{path}: no hardening_index (not a Lynis report file?)")
     data["hardening_index"] = int(data["hardening_index"])
     return data
+
+
+def lynis_points_lost(path: Path) -> list[tuple[str, str, int, int]]:
+    """(test ID, description, points got, points possible) of every test of a Lynis
+    log that got fewer hardening points than it could, most points lost first."""
+    import re
+
+    test, lost = ("", ""), []
+    for line in path.read_text(errors="replace").splitlines():
+        started = re.search(r"Performing test ID (\S+) \((.*)\)$", line)
+        if started:
+            test = (started.group(1), started.group(2))
+            continue
+        partial = re.search(r"Hardening: assigned partial number of hardening points \((\d+) of (\d+)\)", line)
+        if partial and int(partial.group(1)) < int(partial.group(2)):
+            lost.append((*test, int(partial.group(1)), int(partial.group(2))))
+    return sorted(lost, key=lambda t: (t[2] - t[3], t[0]))
 
 
 def allowed(source: str, declared: list[dict], proto: str, port: int) -> bool:
@@ -138,6 +156,13 @@ def main() -> int:
         out += ["", "## Lynis suggestions after hardening", ""]
         out += [f"- `{s[0]}` {s[1]}" + (f" ({s[2]})" if len(s) > 2 and s[2] not in ("", "-") else "")
                 for s in after["suggestions"]] or ["none"]
+        if (d / "lynis-after.log").exists():
+            lost = lynis_points_lost(d / "lynis-after.log")
+            out += ["", "## Lynis tests that did not get all their points (after)", "",
+                    f"{sum(b - a for _, _, a, b in lost)} points lost in {len(lost)} checks; "
+                    "one test ID can score several checks.", "",
+                    "| test | what | points | lost |", "|---|---|---|---|"]
+            out += [f"| {t} | {what} | {a} of {b} | {b - a} |" for t, what, a, b in lost]
     else:
         out += ["Lynis was not run: an audit takes about 20 minutes per run under software emulation, so the "
                 "test suite leaves it out. `scripts/hardening-report.sh` runs the same scenario with Lynis "

@@ -66,6 +66,18 @@ def test_script_writes_figures_and_report(tmp_path):
     assert figures["lynis_warnings_after"] == 0 and figures["ssh_audit_passed"] is True
     text = out.read_text()
     assert "| Lynis hardening index (vm1) | 62 | 84 | >= 90 (not met) |" in text
+    assert "did not get all their points" not in text  # no log given
+
+
+def test_report_lists_the_points_lost_when_the_log_is_there(tmp_path):
+    _lynis(tmp_path / "lynis-before.dat", 62, 3)
+    _lynis(tmp_path / "lynis-after.dat", 84, 0)
+    (tmp_path / "lynis-after.log").write_text(
+        "2026-11-27 07:10:00 Performing test ID AUTH-9230 (Check group password hashing rounds)\n"
+        "2026-11-27 07:10:00 Hardening: assigned partial number of hardening points (0 of 2). Currently having 1\n")
+    text = _report(tmp_path)
+    assert "2 points lost in 1 checks" in text
+    assert "| AUTH-9230 | Check group password hashing rounds | 0 of 2 | 2 |" in text
 
 
 def test_script_fails_on_a_missing_input(tmp_path):
@@ -75,12 +87,35 @@ def test_script_fails_on_a_missing_input(tmp_path):
     assert "lynis-before.dat" in res.stderr
 
 
-def test_without_lynis_the_report_says_so(tmp_path):
-    (tmp_path / "ssh-audit.txt").write_text("Result: ✔ Passed\n")
+def _report(tmp_path) -> str:
+    """Run the script on tmp_path with a passing ssh-audit and no listening socket; return the report."""
+    (tmp_path / "ssh-audit.txt").write_text("Host:   127.0.0.1\nResult: ✔ Passed\n")
     (tmp_path / "ports.json").write_text(json.dumps({"vm1": []}))
     out = tmp_path / "report.md"
     res = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--out", str(out)],
                          capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+    return out.read_text()
+
+
+def test_without_lynis_the_report_says_so(tmp_path):
+    text = _report(tmp_path)
     assert json.loads((tmp_path / "figures.json").read_text())["lynis_after"] is None
-    assert "| Lynis hardening index (vm1) | not run | not run | >= 90 |" in out.read_text()
+    assert "| Lynis hardening index (vm1) | not run | not run | >= 90 |" in text
+
+
+def test_lynis_points_lost_from_the_log(tmp_path):
+    log = tmp_path / "lynis.log"
+    log.write_text("\n".join([
+        "2026-11-27 07:10:00 Performing test ID AUTH-9230 (Check group password hashing rounds)",
+        "2026-11-27 07:10:00 Hardening: assigned partial number of hardening points (0 of 2)",
+        "2026-11-27 07:10:01 Performing test ID SSH-7408 (Check SSH specific defined options)",
+        "2026-11-27 07:10:01 Hardening: assigned maximum number of hardening points for this item (3)",
+        "2026-11-27 07:10:01 Hardening: assigned partial number of hardening points (1 of 3)",
+        "2026-11-27 07:10:02 Performing test ID KRNL-5820 (Checking core dumps configuration)",
+        "2026-11-27 07:10:02 Hardening: assigned partial number of hardening points (2 of 2)",
+    ]))
+    assert hardening_report.lynis_points_lost(log) == [
+        ("AUTH-9230", "Check group password hashing rounds", 0, 2),
+        ("SSH-7408", "Check SSH specific defined options", 1, 3),
+    ]

@@ -269,12 +269,14 @@ def test_hardening_report(host):
     """
     with_lynis = os.environ.get("KEEL_HARDENING_REPORT") == "1"  # about 20 min under emulation
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    for stale in ("lynis-after.dat", "figures.json") + (() if with_lynis else ("lynis-before.dat",)):
+    for stale in ("lynis-after.dat", "lynis-after.log", "figures.json") + (() if with_lynis else ("lynis-before.dat",)):
         (REPORT_DIR / stale).unlink(missing_ok=True)
     if with_lynis:
         lynis = host.run("lynis audit system --quick --no-colors --report-file /root/lynis-after.dat")
         assert lynis.rc == 0, lynis.stderr
         (REPORT_DIR / "lynis-after.dat").write_text(host.file("/root/lynis-after.dat").content_string)
+        # the log says which test got how many of its hardening points: what is left to do
+        (REPORT_DIR / "lynis-after.log").write_text(host.file("/var/log/lynis.log").content_string)
     ssh_audit = subprocess.run(
         [sys.executable, "-m", "ssh_audit", "--no-colors", "-P", POLICY, "-p", str(instance("vm1")["port"]),
          "127.0.0.1"], capture_output=True, text=True, timeout=300, check=False)
