@@ -4,7 +4,11 @@ Measures, in one run on the lab:
   ceiling  HAProxy answering a static response itself (TLS, no app)
   lb_app   through HAProxy (TLS) to the app's api instances: /hello
   direct   one api instance without the load balancer (plain HTTP): /hello
-Peak throughput: wrk, closed loop, median of N rounds. Latency at fixed arrival
+Peak throughput: wrk, closed loop, median of N rounds. CPU budget: CPU time each
+component (the generator, HAProxy, the app instances, the other lab hosts, and
+what no process of those accounts for: the kernel's network path, Docker) spends
+per request through the load balancer, and the request rate the machine's CPUs
+could carry at that cost. Latency at fixed arrival
 rates: tools/loadgen (open loop, corrected for coordinated omission). Profile:
 py-spy flame graph of one api instance while wrk loads the load balancer.
 """
@@ -16,6 +20,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -72,6 +77,58 @@ def loadgen(binary: str, url: str, rate: int, seconds: int, connections: int) ->
     if url.startswith("https"):
         cmd += ["-cacert", str(CA)]
     return json.loads(run(cmd, timeout=seconds + 120))
+
+
+def process_cpu_seconds(stat: str) -> float:
+    """utime + stime of one /proc/PID/stat line, in seconds (fields 14 and 15; the
+    command name in parentheses may hold spaces, so split after its closing one)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def container_cpu_seconds(container: str) -> float:
+    """CPU seconds used so far by the processes of a container that are alive now."""
+    total = 0.0
+    for line in run(["docker", "top", container, "-eo", "pid"], timeout=30).splitlines()[1:]:
+        try:
+            total += process_cpu_seconds(Path(f"/proc/{int(line)}/stat").read_text())
+        except (OSError, ValueError):
+            continue  # gone since docker top listed it
+    return total
+
+
+def machine_busy_seconds(stat: str) -> tuple[float, float]:
+    """(busy, total) CPU seconds of all CPUs from /proc/stat's first line."""
+    values = [int(v) for v in stat.splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(values[:8]) - idle) / tick, sum(values[:8]) / tick
+
+
+def cpu_budget(url: str, seconds: int, connections: int, containers: dict[str, list[str]]) -> dict:
+    """One wrk run through the load balancer with the CPU time of each component
+    measured around it: ms of CPU per request, and the rate all CPUs could carry."""
+    def snapshot() -> dict[str, float]:
+        snap = {group: sum(container_cpu_seconds(c) for c in names) for group, names in containers.items()}
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        snap["load generator (wrk)"] = usage.ru_utime + usage.ru_stime
+        snap["__busy"], snap["__total"] = machine_busy_seconds(Path("/proc/stat").read_text())
+        return snap
+
+    before = snapshot()
+    res = wrk(url, seconds, connections)
+    after = snapshot()
+    requests = res["rps"] * seconds
+    spent = {k: after[k] - before[k] for k in before}
+    busy, total = spent.pop("__busy"), spent.pop("__total")
+    spent["not attributed (kernel network path, Docker, the rest of the machine)"] = max(
+        0.0, busy - sum(spent.values()))
+    per_request_ms = {k: 1000 * v / requests for k, v in spent.items()}
+    cpus = os.cpu_count() or 1
+    return {"rps": res["rps"], "seconds": seconds, "requests": round(requests),
+            "machine_busy_pct": 100 * busy / total, "cpu_ms_per_request": per_request_ms,
+            "cpu_ms_per_request_total": sum(per_request_ms.values()),
+            "max_rps_at_this_cost": cpus * 1000 / sum(per_request_ms.values())}
 
 
 def api_pid(container: str, port: int) -> int:
@@ -190,6 +247,19 @@ def report(results: dict, out: Path) -> None:
     for s in results["sweep"]:
         lines.append(f"| {s['rate_requested']:.0f} | {s['rate_achieved']:.0f} | {s['latency_ms'].get('p50', 0):.2f} | "
                      f"{s['latency_ms'].get('p99', 0):.2f} | {s['errors']} |")
+    budget = results.get("cpu_budget")
+    if budget:
+        lines += ["", "## CPU budget per request, through HAProxy to the app", "",
+                  f"One more wrk run ({budget['seconds']} s, {budget['rps']:.0f} req/s, {budget['requests']} "
+                  f"requests; the machine's CPUs {budget['machine_busy_pct']:.0f} % busy): CPU time (user + system, "
+                  "from /proc) each component spent, per request.", "",
+                  "| component | CPU ms per request |", "|---|---|"]
+        lines += [f"| {name} | {ms:.3f} |" for name, ms in budget["cpu_ms_per_request"].items()]
+        lines += [f"| **total** | **{budget['cpu_ms_per_request_total']:.3f}** |", "",
+                  f"At this cost the machine's {results['machine']['cpus']} CPUs carry at most "
+                  f"**{budget['max_rps_at_this_cost']:.0f} req/s** through the load balancer "
+                  f"({TARGET_RPS} req/s needs at most {results['machine']['cpus'] * 1000 / TARGET_RPS:.3f} ms "
+                  "per request, generator included)."]
     verdict = results["verdict"]
     lines += ["", "![throughput and latency](throughput.png)", "",
               "## Targets", "",
@@ -256,6 +326,14 @@ def main() -> None:
         results["sweep"].append(res)
         print(f"[bench] sweep {rate}/s: achieved {res['rate_achieved']:.0f}, p99 {res['latency_ms'].get('p99')} ms",
               flush=True)
+    containers = {"HAProxy (lb hosts)": [f"keel-lab-{h}" for h in hosts if h.startswith("lb")],
+                  "app instances (api + backend)": [f"keel-lab-{h}" for h in app_hosts],
+                  "other lab hosts (monitoring)": [f"keel-lab-{h}" for h in hosts
+                                                   if not h.startswith(("lb", "app"))]}
+    results["cpu_budget"] = cpu_budget(targets["lb_app"]["url"], params["wrk_seconds"], params["wrk_connections"],
+                                       containers)
+    print(f"[bench] CPU per request through the LB: {results['cpu_budget']['cpu_ms_per_request_total']:.3f} ms "
+          f"-> at most {results['cpu_budget']['max_rps_at_this_cost']:.0f} req/s on this machine", flush=True)
     pid = api_pid("keel-lab-app1", 8000)
     results["profile"] = {"instance": "app1 keel-app@api-8000", "pid": pid, "seconds": params["profile_seconds"],
                           "file": profile(targets["lb_app"]["url"], pid, params["profile_seconds"],
