@@ -62,7 +62,8 @@ def index_of(lines: list[str], needle: str) -> int:
 
 # ---------------------------------------------------------------- packages and files
 def test_packages(host):
-    for package in ("aide", "auditd", "libpam-pwquality", "apparmor"):
+    for package in ("aide", "auditd", "libpam-pwquality", "apparmor", "libpam-tmpdir", "debsums", "needrestart",
+                    "acct"):
         assert host.package(package).is_installed, package
     assert not host.package("telnet").is_installed  # installed by prepare.yml, purged by the role
 
@@ -81,7 +82,7 @@ def test_kernel_parameters_file(host):
 
 def test_unused_modules_cannot_load(host):
     text = host.file("/etc/modprobe.d/keel-disabled-modules.conf").content_string
-    for module in ("cramfs", "udf", "usb-storage", "dccp", "sctp", "rds", "tipc"):
+    for module in ("cramfs", "squashfs", "udf", "usb-storage", "firewire-core", "dccp", "sctp", "rds", "tipc"):
         assert f"install {module} /bin/false" in text
         assert f"blacklist {module}" in text
 
@@ -117,6 +118,23 @@ def test_core_dumps_off_in_login_sessions(host):
     assert login.returncode == 0, login.stderr
     assert login.stdout.strip() == "0"
     assert "Storage=none" in host.file("/etc/systemd/coredump.conf.d/keel.conf").content_string
+    shell = ssh(host, "alice", "bash -lc 'ulimit -Sc'")  # /etc/profile.d/keel-coredump.sh
+    assert shell.stdout.strip() == "0", shell.stdout + shell.stderr
+
+
+def test_each_login_gets_a_private_tmpdir(host):
+    assert any("pam_tmpdir.so" in line for line in pam(host, "common-session"))
+    login = ssh(host, "alice", "echo $TMPDIR; stat -c '%U %a' $TMPDIR")
+    uid = host.user("alice").uid
+    assert login.stdout.split() == [f"/tmp/user/{uid}", "alice", "700"], login.stdout + login.stderr
+
+
+def test_needrestart_lists_and_never_restarts(host):
+    conf = host.file("/etc/needrestart/conf.d/50-keel.conf").content_string
+    assert "$nrconf{restart} = 'l';" in conf
+    # batch mode prints what it would do; with 'l' it restarts nothing (NEEDRESTART-SVC lines are a list)
+    run = host.run("needrestart -b")
+    assert run.rc == 0, run.stderr
 
 
 def test_session_umask_and_idle_timeout(host):
@@ -137,6 +155,7 @@ def test_login_defs(host):
     assert ageing == ["180", "1", "7"]  # 180: side_effect.yml's value
     assert settings["UMASK"] == "077"
     assert settings["ENCRYPT_METHOD"] == "YESCRYPT"
+    assert settings["SHA_CRYPT_MIN_ROUNDS"] == settings["SHA_CRYPT_MAX_ROUNDS"] == "65536"
     assert "INACTIVE=45" in host.file("/etc/default/useradd").content_string.splitlines()
 
 
@@ -266,6 +285,13 @@ def test_auditd_is_off_in_a_container(host):
     assert not auditd.is_enabled
 
 
+def test_process_accounting_is_off_in_a_container(host):
+    # accton needs CAP_SYS_PACCT, which a container lacks; the VM scenario runs it
+    acct = host.service("acct")
+    assert not acct.is_running and not acct.is_enabled
+    assert host.run("systemctl is-failed acct").stdout.strip() != "failed"
+
+
 def test_aide_baseline_exists_and_sees_a_change(host):
     db = host.file("/var/lib/aide/aide.db")
     assert db.exists and db.user == "root" and db.size > 0
@@ -279,6 +305,7 @@ def test_aide_baseline_exists_and_sees_a_change(host):
     unchanged = host.run("aide --config /etc/aide/aide.conf --check --limit /etc/hostname")
     assert unchanged.rc == 0, unchanged.stdout
     assert host.service("cron").is_enabled
+    assert "Checksums = sha512" in host.file("/etc/aide/aide.conf").content_string.splitlines()
 
 
 # ---------------------------------------------------------------- inputs
@@ -305,7 +332,7 @@ def test_controls_skipped_in_a_container_are_reported_with_their_reason(host, tm
     )
     output = " ".join((res.stdout + res.stderr).split())
     assert res.returncode == 0, output[-3000:]
-    for control in ("sysctl", "modules", "mounts", "auditd", "apparmor"):
+    for control in ("sysctl", "modules", "mounts", "auditd", "apparmor", "acct"):
         assert f"skipped in a container: {control}:" in output, control
 
 

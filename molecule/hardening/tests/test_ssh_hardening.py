@@ -104,12 +104,13 @@ def test_effective_authentication_settings(host):
 
 def test_effective_limits_and_session_settings(host):
     cfg = effective(host)
-    assert cfg["maxauthtries"] == ["3"]  # side_effect.yml changed it from 4
+    assert cfg["maxauthtries"] == ["2"]  # side_effect.yml changed it from 3
     assert cfg["logingracetime"] == ["60"]
-    assert cfg["maxsessions"] == ["10"]
+    assert cfg["maxsessions"] == ["2"]
     assert cfg["maxstartups"] == ["10:30:60"]
     assert cfg["clientaliveinterval"] == ["300"]
-    assert cfg["clientalivecountmax"] == ["3"]
+    assert cfg["clientalivecountmax"] == ["2"]
+    assert cfg["tcpkeepalive"] == ["no"] and cfg["compression"] == ["no"]
     for keyword in ("x11forwarding", "allowagentforwarding", "allowtcpforwarding", "permituserenvironment",
                     "usedns", "permittunnel"):
         assert cfg[keyword] == ["no"], keyword

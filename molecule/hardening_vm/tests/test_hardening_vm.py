@@ -172,7 +172,7 @@ def test_kernel_parameters_in_force_after_reboot(host):
 
 
 def test_disabled_modules_do_not_load(host):
-    for module in ("cramfs", "udf", "sctp", "dccp", "tipc", "rds"):
+    for module in ("cramfs", "squashfs", "udf", "firewire-core", "sctp", "dccp", "tipc", "rds"):
         res = host.run(f"modprobe {module}")
         assert res.rc != 0, f"modprobe {module} succeeded"
         assert not host.run(f"grep -qw '^{module.replace('-', '_')}' /proc/modules").succeeded
@@ -201,6 +201,13 @@ def test_core_dumps_off_in_login_sessions(host):
 def test_apparmor_enabled(host):
     assert host.file("/sys/module/apparmor/parameters/enabled").content_string.strip() == "Y"
     assert host.run("aa-enabled").stdout.strip() == "Yes"
+
+
+def test_process_accounting_records_commands_after_reboot(host):
+    assert host.service("acct").is_running and host.service("acct").is_enabled
+    host.check_output("/usr/bin/true keel-acct-probe")
+    assert host.file("/var/log/account/pacct").size > 0
+    assert "true" in host.check_output("lastcomm --command true --user root | head -5")
 
 
 # ---------------------------------------------------------------- audit, after the reboot
