@@ -324,7 +324,7 @@ def execute(step: Step) -> None:
                 run_logged(extra, log, step.prefix)
         if rc == 0:
             break
-        failed_before.append(f"attempt {attempt}: " + "; ".join(step.why[-6:]))
+        failed_before.append(f"attempt {attempt}: " + "; ".join(headline(step.why)))
     step.seconds = time.monotonic() - t0
     where = log.relative_to(ROOT)
     if rc:
@@ -378,6 +378,10 @@ def run_lanes(scenario_steps_: list[Step], jobs: int) -> None:
 # Lines that say why a step failed: Ansible's fatal/failed task results and the
 # task that produced them, pytest's failure lines, molecule's CRITICAL/ERROR.
 _WHY = re.compile(r"^(fatal:|failed:|FAILED |E  |ERROR|CRITICAL|.*Error: |.*FAILED \[)")
+# Molecule prints this on every run that has no 'default' scenario: not a reason.
+_NOT_WHY = re.compile(r"molecule/default/molecule\.yml' glob failed")
+# The lines that name the failure itself (before molecule's closing summary).
+_FIRST_WHY = re.compile(r"^(fatal:|failed:|FAILED |E  |.*FAILED \[)")
 
 
 def failure_excerpt(log: Path, limit: int = 40, start: int = 0) -> list[str]:
@@ -391,13 +395,21 @@ def failure_excerpt(log: Path, limit: int = 40, start: int = 0) -> list[str]:
     why: list[str] = []
     for i, line in enumerate(lines):
         bare = re.sub(r"^\s*(\S+ )?\| ", "", line)  # lines copied from a sub-run keep their own text
-        if not _WHY.match(bare):
+        if not _WHY.match(bare) or _NOT_WHY.search(bare):
             continue
         task = next((lines[j] for j in range(i - 1, max(i - 30, -1), -1) if lines[j].startswith("TASK [")), "")
         if task and (not why or why[-1] != task):
             why.append(task)
         why.append(line[:400])
     return why[-limit:]
+
+
+def headline(why: list[str], limit: int = 6) -> list[str]:
+    """The few lines of an excerpt for a one-line cell: the failure lines themselves
+    (failed task, pytest's FAILED/E lines) before molecule's closing CRITICAL lines."""
+    bare = [re.sub(r"^\s*(\S+ )?\| ", "", line) for line in why]
+    first = [line for line, b in zip(why, bare) if _FIRST_WHY.match(b)]
+    return (first or why)[-limit:]
 
 
 def summary(steps: list[Step], total: float) -> str:

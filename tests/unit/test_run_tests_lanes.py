@@ -149,3 +149,18 @@ def test_a_step_that_fails_every_attempt_fails_with_the_reason(tmp_path, monkeyp
 def test_vm_scenarios_get_one_attempt_container_scenarios_two():
     vm, box = run_tests.scenario_steps(["hardening_vm", "monitoring"], "molecule")
     assert (vm.attempts, box.attempts) == (1, 2)
+
+
+def test_retried_pass_cell_names_the_failure_before_molecule_s_closing_lines(tmp_path, monkeypatch):
+    step, runs = _script_step(tmp_path, monkeypatch, "\n".join([
+        'if [ "$n" = 1 ]; then',
+        "  echo \"CRITICAL 'molecule/default/molecule.yml' glob failed.  Exiting.\"",
+        '  echo "tests/test_m.py::test_alert FAILED [ 50%]"',
+        '  echo "E       assert [] == [1]"',
+        *[f'  echo "CRITICAL Ansible return code was 1, command was: step {i}"' for i in range(8)],
+        "  exit 1",
+        "fi",
+    ]) + "\n", 2)
+    assert runs == 2 and step.passed
+    assert "test_alert FAILED" in step.result and "assert [] == [1]" in step.result
+    assert "glob failed" not in step.result and "return code was 1" not in step.result

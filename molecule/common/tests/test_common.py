@@ -109,6 +109,14 @@ def test_automatic_security_updates(host):
         assert host.service(timer).is_enabled
 
 
+def test_pending_security_updates_installed_when_asked(host):
+    if not host.ansible.get_variables().get("common_security_updates_at_converge"):
+        pytest.skip("this host keeps the default (updates at the nightly run)")
+    pending = [line for line in host.check_output("apt-get --simulate --quiet upgrade").splitlines()
+               if line.startswith("Inst ") and "Debian-Security:" in line]
+    assert pending == []
+
+
 def test_admin_logs_in_with_key_and_sudo(host):
     res = ssh(host, "alice", "admin", "sudo -n id -u")
     assert res.returncode == 0, res.stderr
