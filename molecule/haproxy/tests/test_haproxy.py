@@ -127,6 +127,24 @@ def test_incoming_request_id_is_kept_and_bad_one_replaced():
     assert re.fullmatch(r"[A-Za-z0-9._-]{1,128}", headers["x-request-id"])
 
 
+def test_every_request_is_one_json_line_in_the_journal_without_rate_limit(host):
+    """The access log reaches the journal (where the log shipper reads it) and
+    journald's per-service limit, which drops lines above ~1,000 req/s, is off for HAProxy."""
+    assert host.check_output("systemctl show -p LogRateLimitIntervalUSec --value haproxy") == "0"
+    request_id = f"keel-log-{time.time_ns()}"
+    assert get(f"https://{LB}/", headers={"X-Request-ID": request_id})[0] == 200
+    entries: list[dict] = []
+    for _ in range(20):
+        lines = host.check_output(f"journalctl -u haproxy --since -2min -o cat --no-pager | grep -F '{request_id}' || true")
+        entries = [json.loads(line[line.index("{"):]) for line in lines.splitlines() if "{" in line]
+        if entries:
+            break
+        time.sleep(0.5)
+    assert len(entries) == 1, entries
+    assert entries[0]["request_id"] == request_id and entries[0]["status"] == 200
+    assert entries[0]["backend"] == "app" and entries[0]["method"] == "GET"
+
+
 def test_runtime_api_socket_is_root_only(host):
     sock = host.file(SOCKET)
     assert sock.is_socket
@@ -237,13 +255,18 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
 
-@pytest.mark.parametrize("case", ["two_instances_one_port", "tls_key_not_matching_certificate"])
+@pytest.mark.parametrize("case", ["two_instances_one_port", "tls_key_not_matching_certificate",
+                                  "journal_rate_limit_not_a_time_span"])
 def test_bad_input_rejected_before_the_running_service_is_touched(host, case, tmp_path):
     before = host.check_output("sha256sum /etc/haproxy/haproxy.cfg /etc/haproxy/certs/*")
     master = host.check_output("systemctl show -p MainPID --value haproxy")
     if case == "two_instances_one_port":
         output = _converge_with({"app_instance_ports": [8001, 8001]}, tmp_path)
         assert "two backend servers point at the same address and port (172.30.78.21:8001)" in output
+    elif case == "journal_rate_limit_not_a_time_span":
+        output = _converge_with({"haproxy_journal_rate_limit_interval": "30 seconds"}, tmp_path)
+        assert "haproxy_journal_rate_limit_interval must be a systemd time span" in output
+        assert "(got '30 seconds')" in output
     else:
         _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
                  "-subj", "/CN=lb1", "-keyout", str(tmp_path / "a.key"), "-out", str(tmp_path / "a.crt"))
