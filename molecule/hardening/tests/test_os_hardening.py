@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,21 @@ def test_sudo_works_with_a_key_only_admin_and_with_a_password(host):
     host.run("faillock --user carol --reset")
 
 
+def test_sudo_runs_commands_on_a_pty_and_logs_them_to_its_file(host):
+    """CIS 5.2.2 and 5.2.3: use_pty, and a sudo log file (auditd watches it: 6.2.3.3)."""
+    dropin = host.file("/etc/sudoers.d/50-keel-hardening")
+    assert dropin.mode == 0o440 and dropin.user == "root"
+    assert "Defaults use_pty" in dropin.content_string
+    assert host.run("visudo -c").rc == 0
+    marker = f"keel-sudo-{time.time_ns()}"
+    admin = ssh(host, "alice", f"sudo -n /bin/echo {marker}")
+    assert admin.returncode == 0, admin.stderr
+    log = host.file("/var/log/sudo.log")
+    assert log.user == "root" and not log.mode & 0o007
+    assert any("alice" in line and f"COMMAND=/bin/echo {marker}" in line
+               for line in host.check_output("cat /var/log/sudo.log").splitlines())
+
+
 def test_su_works_with_the_right_password_only(host):
     host.run("faillock --user carol --reset")
     ok = su(host, "alice", "carol", PASSWORD)
@@ -270,6 +286,7 @@ def test_audit_rules_written_and_made_immutable(host):
                 "kernel_modules", "MAC-policy", "user_emulation", "privileged"):
         assert f"-k {key}" in rules, key
     assert "-w /etc/sudoers -p wa -k scope" in rules
+    assert "-w /var/log/sudo.log -p wa -k sudo_log_file" in rules
     # set-uid programs found on this host are audited as privileged commands
     assert "-a always,exit -F path=/usr/bin/sudo -F perm=x -F auid>=1000 -F auid!=unset -k privileged" in rules
     assert "-a always,exit -F path=/usr/bin/su -F perm=x" in rules
