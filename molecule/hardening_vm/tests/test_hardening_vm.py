@@ -207,7 +207,9 @@ def test_process_accounting_records_commands_after_reboot(host):
     assert host.service("acct").is_running and host.service("acct").is_enabled
     host.check_output("/usr/bin/true keel-acct-probe")
     assert host.file("/var/log/account/pacct").size > 0
-    assert "true" in host.check_output("lastcomm --command true --user root | head -5")
+    # lastcomm ORs its criteria unless told to match them all
+    recorded = host.check_output("lastcomm --strict-match --command true --user root | head -5")
+    assert recorded.split() and recorded.split()[0] == "true", recorded
 
 
 # ---------------------------------------------------------------- audit, after the reboot
