@@ -129,7 +129,10 @@ def inventory_data(n: int) -> dict:
     """hosts.yml: the lab's groups (lab > loadbalancers/app/monitoring) with the
     benchmark's group in between, private addresses only (no published ports)."""
     groups = {
-        group: {"hosts": {host: {"keel_private_ip": ip} for host, ip in hosts.items()}}
+        # each host names its container (a templated ansible_host in group_vars would be
+        # resolved with the name of a delegating host: see inventories/lab/hosts.yml)
+        group: {"hosts": {host: {"ansible_host": f"{CONTAINER_PREFIX}{host}", "keel_private_ip": ip}
+                          for host, ip in hosts.items()}}
         for group, hosts in host_layout(n).items()
     }
     return {"all": {"children": {"lab": {"children": {BENCH_GROUP: {"children": groups}}}}}}

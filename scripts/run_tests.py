@@ -408,7 +408,7 @@ def headline(why: list[str], limit: int = 6) -> list[str]:
     """The few lines of an excerpt for a one-line cell: the failure lines themselves
     (failed task, pytest's FAILED/E lines) before molecule's closing CRITICAL lines."""
     bare = [re.sub(r"^\s*(\S+ )?\| ", "", line) for line in why]
-    first = [line for line, b in zip(why, bare) if _FIRST_WHY.match(b)]
+    first = [line for line, b in zip(why, bare, strict=True) if _FIRST_WHY.match(b)]
     return (first or why)[-limit:]
 
 

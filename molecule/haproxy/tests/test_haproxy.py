@@ -135,7 +135,8 @@ def test_every_request_is_one_json_line_in_the_journal_without_rate_limit(host):
     assert get(f"https://{LB}/", headers={"X-Request-ID": request_id})[0] == 200
     entries: list[dict] = []
     for _ in range(20):
-        lines = host.check_output(f"journalctl -u haproxy --since -2min -o cat --no-pager | grep -F '{request_id}' || true")
+        lines = host.check_output(
+            f"journalctl -u haproxy --since -2min -o cat --no-pager | grep -F '{request_id}' || true")
         entries = [json.loads(line[line.index("{"):]) for line in lines.splitlines() if "{" in line]
         if entries:
             break
