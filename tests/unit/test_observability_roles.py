@@ -136,6 +136,18 @@ def test_jaeger_pipeline_is_complete_and_listens_on_the_private_address(run):
     assert "User=jaeger" in unit and "ReadWritePaths=/var/lib/jaeger" in unit
 
 
+def test_jaeger_unit_rated_2_or_lower_by_systemd_analyze(run, tmp_path):
+    """The whole unit is the role's (Jaeger ships no package): systemd's own rating
+    of the rendered file, offline, as on a host (the binary need not exist)."""
+    unit = tmp_path / "jaeger.service"
+    unit.write_text(rendered(run, "jaeger", "jaeger.service"))
+    res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--threshold=20", "--no-pager", str(unit)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    overall = re.search(r"Overall exposure level for \S+: ([\d.]+)", res.stdout)
+    assert overall, res.stdout + res.stderr
+    assert float(overall.group(1)) <= 2.0 and res.returncode == 0, res.stdout[-3000:]
+
+
 # ---------------------------------------------------------------- alloy
 def test_alloy_ships_the_journal_to_the_inventory_loki_with_bounded_labels(run):
     config = rendered(run, "alloy", "config.alloy")

@@ -57,6 +57,26 @@ def test_every_alert_has_a_test_that_expects_it_to_fire():
     assert tested - alerts == set(), f"tests of alerts that do not exist: {sorted(tested - alerts)}"
 
 
+# What issue 5 asks to alert on, by the alert that does it: renaming or dropping
+# one of them must be a decision, not an accident.
+REQUIRED_ALERTS = {
+    "instance down": "KeelInstanceDown",
+    "HAProxy backend without healthy servers": "KeelHAProxyBackendDown",
+    "high error ratio": "KeelAppHighErrorRatio",
+    "latency SLO multiwindow burn rate": "KeelAppLatencyBudgetBurn",
+    "availability SLO multiwindow burn rate": "KeelAppErrorBudgetBurn",
+    "disk filling up (predictive)": "KeelDiskFillingUp",
+    "certificate expiry": "KeelCertificateExpiresSoon",
+    "Prometheus target missing": "KeelTargetMissing",
+}
+
+
+def test_the_required_alerts_exist():
+    alerts = set().union(*(alerts_in(p) for p in RULES))
+    missing = {need: name for need, name in REQUIRED_ALERTS.items() if name not in alerts}
+    assert not missing, missing
+
+
 def test_every_rule_file_is_tested():
     covered = {(t.parent / f).resolve() for t in TESTS for f in yaml.safe_load(t.read_text())["rule_files"]}
     assert {p.resolve() for p in RULES} <= covered

@@ -136,6 +136,10 @@ ALLOWED = [
     ("fw-mon", "fw-app", 7070, "side effect service"),
     ("fw-mon", "fw-app", 8001, "app /metrics scraped by monitoring"),
     ("fw-mon", "fw-app13", 8000, "app /metrics scraped by monitoring (Debian 13)"),
+    ("fw-lb", "fw-mon", 3100, "every host's log shipper pushes to Loki"),
+    ("fw-app13", "fw-mon", 3100, "every host's log shipper pushes to Loki"),
+    ("fw-app", "fw-mon", 4317, "the app's spans to Jaeger (OTLP gRPC)"),
+    ("fw-app13", "fw-mon", 4318, "the app's spans to Jaeger (OTLP HTTP)"),
 ]
 BLOCKED = [
     ("fw-lb", "fw-app", 9100, "node_exporter: monitoring only"),
@@ -150,6 +154,10 @@ BLOCKED = [
     ("fw-lb", "fw-app13", 7070, "side effect service: monitoring only"),
     ("fw-mon", "fw-lb", 7070, "side effect service: app hosts only"),
     ("fw-mon", "fw-app", 22, "SSH: admin networks only"),
+    ("fw-lb", "fw-mon", 4318, "Jaeger's OTLP: app hosts only"),
+    ("fw-app", "fw-mon", 16686, "Jaeger's UI: monitoring hosts and admin networks only"),
+    ("fw-app", "fw-mon", 3000, "Grafana: monitoring hosts and admin networks only"),
+    ("fw-lb", "fw-mon", 9093, "Alertmanager: monitoring hosts and admin networks only"),
 ]
 
 

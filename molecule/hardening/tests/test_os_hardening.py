@@ -237,6 +237,10 @@ def test_sudo_runs_commands_on_a_pty_and_logs_them_to_its_file(host):
     assert log.user == "root" and not log.mode & 0o007
     assert any("alice" in line and f"COMMAND=/bin/echo {marker}" in line
                for line in host.check_output("cat /var/log/sudo.log").splitlines())
+    # rotated: logrotate accepts the role's file and picks the log up (dry run)
+    rotate = host.run("logrotate --debug /etc/logrotate.d/keel-sudo")
+    assert rotate.rc == 0, rotate.stderr
+    assert "considering log /var/log/sudo.log" in rotate.stdout + rotate.stderr
 
 
 def test_su_works_with_the_right_password_only(host):
@@ -369,6 +373,8 @@ BAD_INPUTS = {
                                           ["os_hardening_audit_rules_extra must be one auditctl rule"]),
     "kernel_parameter_with_a_space": ({"os_hardening_kernel_cmdline": ["audit=1 quiet"]},
                                       ["os_hardening_kernel_cmdline takes kernel parameters"]),
+    "sudo_log_outside_var_log": ({"os_hardening_sudo_logfile": "/etc/sudo.log"},
+                                 ["os_hardening_sudo_logfile must be a file under /var/log/"]),
 }
 
 

@@ -7,8 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -187,6 +189,12 @@ def test_alertmanager_upgraded_in_place_and_sandboxed(mon1):
     assert mon1.file("/usr/local/bin/amtool").linked_to == f"/opt/keel/alertmanager/{CURRENT['alertmanager']}/amtool"
 
 
+def test_silence_made_by_the_previous_alertmanager_survived_the_upgrade(mon1):
+    silences = [s for s in alertmanager("/api/v2/silences")
+                if s["comment"] == "made by the previous Alertmanager before the upgrade"]
+    assert [s["status"]["state"] for s in silences] == ["active"], silences
+
+
 def test_prometheus_sends_alerts_to_the_inventory_alertmanagers(mon1):
     # Right after a configuration reload (the side effect makes one) Prometheus' notifier
     # lists no Alertmanager until its discovery has run again: a few seconds. Seen in
@@ -204,6 +212,50 @@ def test_down_target_alert_reaches_alertmanager_and_the_webhook(mon1):
     assert wait_for(lambda: ("KeelInstanceDown", "node1:8000", "firing") in notified(), timeout=120), notified()
     in_alertmanager = {(a["labels"]["alertname"], a["labels"]["instance"]) for a in alertmanager("/api/v2/alerts")}
     assert ("KeelInstanceDown", "node1:8000") in in_alertmanager
+
+
+def post_alerts(alerts: list[dict]) -> None:
+    request = urllib.request.Request(f"{ALERTMANAGER}/api/v2/alerts", data=json.dumps(alerts).encode(),  # noqa: S310
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310  the scenario's own host
+        assert response.status == 200
+
+
+def test_a_down_host_mutes_the_alerts_of_what_runs_on_it(mon1):
+    """The role's inhibition rules on the live Alertmanager: a host whose node_exporter
+    is down mutes its other alerts and the down alerts of its app instances (matched
+    on the host label Prometheus gives every target); another host's alerts and the
+    host's own down alert stay active; alerts are grouped by alertname, job, instance."""
+    stamp = f"keel-test-{time.time_ns()}"
+    ends = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+
+    def alert(alertname: str, job: str, instance: str, host: str, severity: str) -> dict:
+        return {"labels": {"alertname": alertname, "job": job, "instance": instance, "host": host,
+                           "severity": severity, "keel_test": stamp}, "endsAt": ends}
+
+    post_alerts([
+        alert("KeelInstanceDown", "node", "ghost1", "ghost1", "critical"),        # the host is down
+        alert("KeelInstanceDown", "app", "ghost1:8000", "ghost1", "critical"),    # ... so is its app instance
+        alert("KeelDiskFillingUp", "node", "ghost1", "ghost1", "warning"),  # ... and what it said before
+        alert("KeelInstanceDown", "app", "ghost2:8000", "ghost2", "critical"),    # another host's instance
+        alert("KeelDiskFillingUp", "node", "ghost2", "ghost2", "warning"),
+    ])
+
+    def states() -> dict[tuple[str, str], str]:
+        found = alertmanager(f"/api/v2/alerts?filter={urllib.parse.quote(f'keel_test={stamp}')}")
+        return {(a["labels"]["alertname"], a["labels"]["instance"]): a["status"]["state"] for a in found}
+
+    expected = {
+        ("KeelInstanceDown", "ghost1"): "active",
+        ("KeelInstanceDown", "ghost1:8000"): "suppressed",
+        ("KeelDiskFillingUp", "ghost1"): "suppressed",
+        ("KeelInstanceDown", "ghost2:8000"): "active",
+        ("KeelDiskFillingUp", "ghost2"): "active",
+    }
+    assert wait_for(lambda: states() == expected, timeout=30), states()
+    groups = alertmanager(f"/api/v2/alerts/groups?filter={urllib.parse.quote(f'keel_test={stamp}')}")
+    grouped = sorted((g["labels"]["alertname"], g["labels"]["instance"]) for g in groups)
+    assert grouped == sorted(expected), grouped  # one group per alertname, job and instance
 
 
 def test_amtool_accepts_the_live_configuration(mon1):
