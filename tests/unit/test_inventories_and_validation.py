@@ -541,3 +541,22 @@ def test_audit_calls_root_and_password_logins_critical(audit_cases):
 def test_audit_wants_keels_table_with_an_input_policy_of_drop(audit_cases, case, critical):
     assert ("critical" in severities(audit_cases[case], "firewall")) is critical
     assert audit_cases[case]["report"]["firewall"]["input_policy_drop"] is (not critical)
+
+
+def _hosts_of(group: dict) -> dict:
+    found = dict(group.get("hosts") or {})
+    for child in (group.get("children") or {}).values():
+        found |= _hosts_of(child or {})
+    return found
+
+
+def test_every_lab_host_names_its_own_container_literally():
+    """The docker connection reaches a lab host through ansible_host. A templated
+    value (keel-lab-{{ inventory_hostname }}) resolves with the delegating host's
+    name in delegated tasks and runs them on the wrong container: the raw file
+    must spell each name out."""
+    hosts = _hosts_of(load_yaml(ROOT / "inventories" / "lab" / "hosts.yml")["all"])
+    assert hosts
+    wrong = {name: (v or {}).get("ansible_host") for name, v in hosts.items()
+             if (v or {}).get("ansible_host") != f"keel-lab-{name}"}
+    assert not wrong, wrong
