@@ -125,7 +125,8 @@ func main() {
 		}
 	}
 	// a connection that is closed and opened again resumes its TLS session, as browsers do
-	tlsConfig.ClientSessionCache = tls.NewLRUClientSessionCache(*conns)
+	// (one target: the cache, keyed by server, needs no more than the default size)
+	tlsConfig.ClientSessionCache = tls.NewLRUClientSessionCache(0)
 	newClient := func() *http.Client {
 		transport := &http.Transport{
 			TLSClientConfig:     tlsConfig,
