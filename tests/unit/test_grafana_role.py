@@ -194,6 +194,18 @@ def test_dashboard_provider_and_unit_drop_in(run):
         assert line in unit.splitlines(), line
 
 
+def test_package_unit_with_the_role_drop_in_rated_2_or_lower(run, tmp_path, systemd_exposure):
+    """Grafana's package brings the unit, the role a drop-in: the drop-in alone brings a
+    bare unit (a user and a command, no sandboxing of its own) to 2.0 or lower."""
+    bare = ("[Service]\nUser=grafana\nExecStart=/usr/share/grafana/bin/grafana server "
+            "--config=/etc/grafana/grafana.ini --homepath=/usr/share/grafana\n")
+    drop_in = (render(run, "r_default") / "etc_systemd_system_grafana-server.service.d_keel.conf").read_text()
+    exposure_bare, _ = systemd_exposure(tmp_path / "bare", "grafana-server.service", bare)
+    exposure, report = systemd_exposure(tmp_path / "keel", "grafana-server.service", bare, drop_in)
+    assert exposure <= 2.0, report[-3000:]
+    assert exposure_bare > 9.0
+
+
 # ---------------------------------------------------------------- preflight: bad input, clear message
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_rejected_by_the_preflight_with_what_to_fix(run, case):

@@ -9,6 +9,10 @@ and turned into Prometheus metric families only when scraped: that keeps the
 cost per request well under a microsecond (prometheus_client's own metric
 objects take a lock per update). The scrape runs on the same thread, so no
 lock is needed.
+
+Every route served so far has an error series, at 0 until its first server error
+(as Prometheus' instrumentation guide asks): an error ratio is then 0, not "no
+data", on a healthy service, and rules and dashboards need no "or vector(0)".
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Gauge,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -69,6 +74,9 @@ class RequestCollector(Collector):
             "Time from receiving a request to sending its response, by route template and status code.",
             labels=["route", "status"],
         )
+        routes_with_errors = {route for route, status in self._series if status >= 500}
+        for route in sorted({route for route, _ in self._series} - routes_with_errors):
+            errors.add_metric([route, "500"], 0)
         for (route, status), series in sorted(self._series.items()):
             labels = [route, str(status)]
             requests.add_metric(labels, series.count)
@@ -96,6 +104,9 @@ class Metrics:
         self.requests = RequestCollector()
         self.registry.register(self.requests)
         self.observe = self.requests.observe
+        # process_cpu_seconds_total, process_resident_memory_bytes, ...: the capacity
+        # dashboard's requests per CPU second (read from /proc at scrape time only)
+        ProcessCollector(registry=self.registry)
         in_flight_gauge = Gauge(
             "keel_app_requests_in_flight", "HTTP requests being handled right now.", registry=self.registry
         )

@@ -355,3 +355,57 @@ def test_bad_input_rejected_and_prometheus_keeps_running(mon1, case, tmp_path):
     assert mon1.check_output(SNAPSHOT) == before
     assert sorted(g["name"] for g in api("/api/v1/rules")["groups"]) == rules_before
     assert mon1.service("prometheus").is_running
+
+
+# ---------------------------------------------------------------- Grafana's APT key (grafana_apt, on mon1)
+# Grafana's repository cannot be reached here; the key check before it can. Keys
+# made here with gpg stand for a mirror that serves another key, or the pinned
+# key with another beside it (apt would then trust both).
+GRAFANA_APT_PLAY = """
+- name: Grafana's APT repository with a key from {url}
+  hosts: mon1
+  gather_facts: false
+  roles:
+    - role: grafana_apt
+      vars:
+        grafana_apt_package: grafana
+        grafana_apt_package_version: "12.3.0"
+        grafana_apt_key_url: {url}
+        grafana_apt_key_fingerprint: {fingerprint}
+"""
+
+
+def gpg_key(home: Path, uid: str) -> tuple[str, bytes]:
+    """A new signing key in its own gpg home: (fingerprint, armoured public key)."""
+    home.mkdir(mode=0o700, parents=True)
+    run = ["gpg", "--homedir", str(home), "--batch", "--quiet"]
+    subprocess.run([*run, "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+                   check=True, capture_output=True, timeout=60)
+    colons = subprocess.run([*run, "--with-colons", "--list-keys"], check=True, capture_output=True, text=True).stdout
+    fingerprint = next(line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:"))
+    return fingerprint, subprocess.run([*run, "--armor", "--export"], check=True, capture_output=True).stdout
+
+
+@pytest.mark.parametrize("case", ["another_key", "the_pinned_key_and_another"])
+def test_a_grafana_apt_key_other_than_the_pinned_one_is_refused_before_apt_trusts_it(mon1, case, tmp_path):
+    pinned, pinned_key = gpg_key(tmp_path / "pinned", "pinned <pinned@example.org>")
+    other, other_key = gpg_key(tmp_path / "other", "other <other@example.org>")
+    if case == "another_key":
+        served, fingerprint = other_key, pinned
+    else:
+        served, fingerprint = pinned_key + other_key, pinned
+    key_file = tmp_path / "served.asc"
+    key_file.write_bytes(served)
+    subprocess.run(["docker", "cp", str(key_file), "mon1:/root/served-grafana-key.asc"], check=True, timeout=60)
+    play = tmp_path / "grafana-apt.yml"
+    play.write_text(GRAFANA_APT_PLAY.format(url="file:///root/served-grafana-key.asc", fingerprint=fingerprint))
+    res = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(play)],
+                         capture_output=True, text=True, timeout=600, env={
+                             **os.environ, "ANSIBLE_ROLES_PATH": str(SCENARIO.parents[1] / "roles")})
+    output = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0, output[-3000:]
+    assert f"not exactly the pinned {pinned} (one primary key). Nothing was installed." in output, output[-3000:]
+    assert other in output  # the message names what was served
+    for path in ("/etc/apt/keyrings/keel-grafana.asc", "/etc/apt/sources.list.d/keel-grafana.sources",
+                 "/etc/apt/preferences.d/keel-grafana"):
+        assert not mon1.file(path).exists, path

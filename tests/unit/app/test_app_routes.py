@@ -164,6 +164,11 @@ def test_metrics_use_route_templates(make_app: Any, running: Any) -> None:
     assert list(buckets.values()) == sorted(buckets.values())  # cumulative
     assert "path-8472" not in text
     assert ".env" not in text
+    # no server error yet: each served route has its error series at 0, so an
+    # error ratio is 0 rather than "no data"
+    assert ("keel_app_request_errors_total", {"route": "/hello", "status": "500"}, 0.0) in samples
+    assert ("keel_app_request_errors_total", {"route": "other", "status": "500"}, 0.0) in samples
+    assert any(name == "process_cpu_seconds_total" for name, _, _ in samples)  # capacity dashboard
 
 
 def test_backend_failure_is_an_error_metric(make_app: Any, running: Any) -> None:
@@ -182,6 +187,9 @@ def test_backend_failure_is_an_error_metric(make_app: Any, running: Any) -> None
             text = (await client.get("/metrics")).text
         samples = metric_samples(text)
         assert ("keel_app_request_errors_total", {"route": "/", "status": "502"}, 1.0) in samples
+        errors_of_root = [labels for name, labels, _ in samples
+                          if name == "keel_app_request_errors_total" and labels["route"] == "/"]
+        assert errors_of_root == [{"route": "/", "status": "502"}]  # no zero series beside a real one
 
         app = make_app("api", backend_transport=httpx.MockTransport(slow))
         async with running(app) as client:
