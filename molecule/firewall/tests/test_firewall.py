@@ -158,6 +158,7 @@ BLOCKED = [
     ("fw-app", "fw-mon", 16686, "Jaeger's UI: monitoring hosts and admin networks only"),
     ("fw-app", "fw-mon", 3000, "Grafana: monitoring hosts and admin networks only"),
     ("fw-lb", "fw-mon", 9093, "Alertmanager: monitoring hosts and admin networks only"),
+    ("fw-app", "fw-mon", 9115, "blackbox_exporter: monitoring hosts only"),
 ]
 
 
@@ -208,6 +209,9 @@ def test_exposure_summary(tmp_path):
     prometheus = [i for i in exposure["fw-mon"] if i["service"] == "prometheus"]
     assert [(i["port"], sorted(i["sources"])) for i in prometheus] == [(9090, ["172.30.83.1/32", "172.30.83.31/32"])]
     assert not any(i["service"] == "prometheus" for name in ("fw-lb", "fw-app", "fw-app13") for i in exposure[name])
+    # a Prometheus may probe through (and scrapes) another monitoring host's blackbox_exporter
+    blackbox = {"service": "blackbox_exporter", "port": 9115, "proto": "tcp", "sources": ["172.30.83.31/32"]}
+    assert blackbox in exposure["fw-mon"]
 
 
 # ----------------------------------------------------------------- bad changes
