@@ -10,12 +10,16 @@ file order and each starts from the state the previous one left.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
 import os
 import secrets
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -31,6 +35,7 @@ sys.path.insert(0, str(PROJECT / "molecule" / "resources"))
 from loadloop import LoadLoop  # noqa: E402
 
 LB = "172.30.81.11"
+GATEWAY = "172.30.81.1"  # this machine on the scenario network (molecule.yml's subnet)
 URL = f"https://{LB}/"
 APP_HOSTS = ("app1", "app2")
 SOCKET = "/run/haproxy/admin.sock"
@@ -77,6 +82,33 @@ def deploy(version: str, env: str = "") -> subprocess.CompletedProcess:
     path, sha256 = build_release(version, env)
     return playbook("deploy.yml", "-e", f"app_release_version={version}",
                     "-e", f"app_release_file={path}", "-e", f"app_release_sha256={sha256}")
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def artifact_server(directory: Path):
+    """directory over HTTP on this machine's address on the scenario network, as an
+    operator's artifact server: the base URL, while the block runs."""
+    server = http.server.ThreadingHTTPServer((GATEWAY, 0), functools.partial(QuietHandler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{GATEWAY}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def deploy_by_url(version: str) -> subprocess.CompletedProcess:
+    """The deployment guide's deploy command as written: the release by URL and sha256."""
+    path, sha256 = build_release(version)
+    with artifact_server(Path(path).parent) as base:
+        return playbook("deploy.yml", "-e", f"app_release_version={version}",
+                        "-e", f"app_release_url={base}/{Path(path).name}", "-e", f"app_release_sha256={sha256}")
 
 
 def current(host: str) -> str:
@@ -273,7 +305,8 @@ def test_trace_continues_from_api_to_backend_with_request_id():
 
 
 def test_rolling_deploy_under_load_loses_no_request():
-    loop, result = under_load("rolling deploy 1.0.0 -> 1.0.1", lambda: deploy("1.0.1"))
+    # by URL, as the deployment guide says (the other deploys copy the file from the controller)
+    loop, result = under_load("rolling deploy 1.0.0 -> 1.0.1", lambda: deploy_by_url("1.0.1"))
     assert result.returncode == 0
     assert loop.total > 1000, loop.summary()
     assert loop.failed == [], loop.summary()
@@ -304,6 +337,18 @@ def test_rollback_playbook_returns_every_host_to_the_previous_release():
     assert loop.failed == [], loop.summary()
     assert {current(h) for h in APP_HOSTS} == {"1.0.0"}
     assert versions_served() == {"1.0.0"}
+
+
+def test_rollback_to_a_named_release():
+    """rollback.yml -e rollback_to=VERSION: any release still installed, here 1.0.1 and
+    then 1.0.0 again (the state the next tests start from)."""
+    for version in ("1.0.1", "1.0.0"):
+        result = playbook("rollback.yml", "-e", f"rollback_to={version}")
+        assert result.returncode == 0
+        assert {current(h) for h in APP_HOSTS} == {version}
+        assert versions_served() == {version}
+        for host in APP_HOSTS:
+            assert sh(host, "tail -n 1 /opt/keel-app/history").split() == [version]
 
 
 def test_refuses_to_drain_the_last_serving_host():

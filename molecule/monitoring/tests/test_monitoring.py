@@ -409,3 +409,43 @@ def test_a_grafana_apt_key_other_than_the_pinned_one_is_refused_before_apt_trust
     for path in ("/etc/apt/keyrings/keel-grafana.asc", "/etc/apt/sources.list.d/keel-grafana.sources",
                  "/etc/apt/preferences.d/keel-grafana"):
         assert not mon1.file(path).exists, path
+
+
+# ---------------------------------------------------------------- backup and restore (deployment guide, section 8)
+def test_backup_and_restore_of_prometheus_and_alertmanager_data_as_the_guide_says(mon1):
+    """The guide's commands as written: a copy with the service stopped; then the data
+    is lost, and restored (stop, unpack to the same path, chown to the service's user,
+    start). What the previous versions wrote is there again."""
+    for service in ("prometheus", "alertmanager"):
+        mon1.check_output(f"systemctl stop {service} && tar -C /var/lib -czf /var/backups/{service}-$(date +%F).tar.gz "
+                          f"{service} && systemctl start {service}")
+    for service in ("prometheus", "alertmanager"):  # the loss
+        mon1.check_output(f"systemctl stop {service} && find /var/lib/{service} -mindepth 1 -delete "
+                          f"&& systemctl start {service}")
+    previous = PREVIOUS["prometheus"]
+    old_data = f'count_over_time(prometheus_build_info{{version=~"{previous}.*"}}[3h])'
+    assert wait_for(lambda: silences_of_the_previous_alertmanager() == [], timeout=30)
+    assert wait_for(lambda: query_when_up(old_data) == [], timeout=60)  # Prometheus up, the old data gone
+    for service in ("prometheus", "alertmanager"):  # the restore
+        owner = mon1.check_output(f"stat -c %U:%G /var/lib/{service}")
+        mon1.check_output(f"systemctl stop {service} && tar -C /var/lib -xzf /var/backups/{service}-$(date +%F).tar.gz "
+                          f"&& chown -R {owner} /var/lib/{service} && systemctl start {service}")
+    old = wait_for(lambda: query_when_up(old_data), timeout=90)
+    assert old and float(old[0]["value"][1]) >= 1, old
+    assert wait_for(silences_of_the_previous_alertmanager, timeout=60) == ["active"]
+
+
+def silences_of_the_previous_alertmanager() -> list[str]:
+    try:
+        return [s["status"]["state"] for s in alertmanager("/api/v2/silences")
+                if s["comment"] == "made by the previous Alertmanager before the upgrade"]
+    except OSError:  # restarting
+        return ["unreachable"]
+
+
+def query_when_up(expr: str) -> list[dict] | None:
+    """The query's result, or None while Prometheus (re)starts."""
+    try:
+        return query(expr)
+    except OSError:
+        return None

@@ -1,7 +1,8 @@
 """The real Grafana, Loki, Alloy and Jaeger (installed from upstream by the roles):
 they run sandboxed, Grafana has its datasources and dashboards and refuses
-anonymous users, a journal line reaches Loki with the bounded labels, an OTLP
-span reaches Jaeger and Grafana finds it through its datasource."""
+anonymous users and sign-up, a journal line reaches Loki with the bounded labels,
+an app's JSON line is found by its trace_id and request ID, an OTLP span reaches
+Jaeger and Grafana finds it through its datasource."""
 
 from __future__ import annotations
 
@@ -60,6 +61,13 @@ def test_grafana_refuses_anonymous_users_and_sign_up():
     assert denied.value.code == 401
     settings = get(f"{GRAFANA}/api/frontend/settings", auth=True)
     assert settings["allowOrgCreate"] is False
+    # sign-up itself, as an anonymous visitor would try it
+    request = urllib.request.Request(f"{GRAFANA}/api/user/signup", method="POST",  # noqa: S310  the scenario's host
+                                     data=json.dumps({"email": "visitor@example.org"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310  the scenario's own host
+    assert refused.value.code in (401, 403), refused.value.read()[:500]
 
 
 def test_grafana_has_the_provisioned_datasources_and_dashboards():
@@ -104,3 +112,25 @@ def test_an_otlp_span_reaches_jaeger(host):
         except urllib.error.HTTPError:
             return None
     assert wait_for(found, timeout=90, step=3), "the span did not reach Jaeger's query API"
+    # and Grafana finds it through its Jaeger datasource (what the correlation dashboard does)
+    through_grafana = get(f"{GRAFANA}/api/datasources/proxy/uid/keel-jaeger/api/traces/{trace_id}", auth=True)
+    assert through_grafana["data"][0]["traceID"] == trace_id, through_grafana
+
+
+def test_an_app_log_line_is_found_in_loki_by_its_trace_id_and_request_id(host):
+    """A JSON line from a keel-app@ unit (a transient one here: the app is not part of
+    this scenario) gets the labels host/service/level from Alloy, and its trace_id and
+    request_id stay fields of the line that LogQL's json parser finds."""
+    trace_id, request_id = secrets.token_hex(16), secrets.token_hex(8)
+    line = json.dumps({"level": "info", "service": "api", "message": "request done", "trace_id": trace_id,
+                       "request_id": request_id})
+    host.check_output(f"systemd-run --quiet --wait --unit keel-app@online-probe-{request_id[:6]} "
+                      f"/bin/echo {json.dumps(line)}")
+
+    def search(field: str, value: str):
+        query = urllib.parse.quote(f'{{host="obs-online", service="api"}} | json | {field}="{value}"')
+        return get(f"http://{HOST}:3100/loki/api/v1/query_range?query={query}&limit=10")["data"]["result"]
+    by_trace = wait_for(lambda: search("trace_id", trace_id), timeout=90, step=3)
+    assert by_trace, "the app line was not found by its trace_id"
+    assert by_trace[0]["stream"]["level"] == "info"
+    assert search("request_id", request_id), "the app line was not found by its request ID"
