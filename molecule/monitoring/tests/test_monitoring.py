@@ -432,7 +432,8 @@ def test_backup_and_restore_of_prometheus_and_alertmanager_data_as_the_guide_say
                           f"&& chown -R {owner} /var/lib/{service} && systemctl start {service}")
     old = wait_for(lambda: query_when_up(old_data), timeout=90)
     assert old and float(old[0]["value"][1]) >= 1, old
-    assert wait_for(silences_of_the_previous_alertmanager, timeout=60) == ["active"]
+    assert wait_for(lambda: silences_of_the_previous_alertmanager() == ["active"], timeout=60), \
+        silences_of_the_previous_alertmanager()
 
 
 def silences_of_the_previous_alertmanager() -> list[str]:
