@@ -17,6 +17,8 @@ data", on a healthy service, and rules and dashboards need no "or vector(0)".
 
 from __future__ import annotations
 
+import os
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
@@ -24,10 +26,9 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Gauge,
-    ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -92,6 +93,35 @@ class RequestCollector(Collector):
         yield duration
 
 
+class ProcessMetrics(Collector):
+    """process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds and
+    process_start_time_seconds, read at scrape time from this process only.
+
+    Not prometheus_client's ProcessCollector: it needs /proc/stat (the boot time),
+    which the unit's ProcSubset=pid hides, and then silently exports nothing.
+    """
+
+    def __init__(self) -> None:
+        self._started = time.time()  # set up when the app starts
+        self._page_size = os.sysconf("SC_PAGE_SIZE")
+
+    def collect(self) -> Iterator[Metric]:
+        times = os.times()
+        yield CounterMetricFamily("process_cpu_seconds", "Total user and system CPU time spent in seconds.",
+                                  value=times.user + times.system)
+        try:
+            with open("/proc/self/statm", encoding="ascii") as statm:
+                resident_pages = int(statm.read().split()[1])
+            yield GaugeMetricFamily("process_resident_memory_bytes", "Resident memory size in bytes.",
+                                    value=resident_pages * self._page_size)
+            yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
+                                    value=len(os.listdir("/proc/self/fd")))
+        except OSError:  # no /proc (not Linux)
+            pass
+        yield GaugeMetricFamily("process_start_time_seconds",
+                                "Start time of the process since unix epoch in seconds.", value=self._started)
+
+
 class Metrics:
     def __init__(
         self,
@@ -104,9 +134,8 @@ class Metrics:
         self.requests = RequestCollector()
         self.registry.register(self.requests)
         self.observe = self.requests.observe
-        # process_cpu_seconds_total, process_resident_memory_bytes, ...: the capacity
-        # dashboard's requests per CPU second (read from /proc at scrape time only)
-        ProcessCollector(registry=self.registry)
+        # the capacity dashboard's requests per CPU second
+        self.registry.register(ProcessMetrics())
         in_flight_gauge = Gauge(
             "keel_app_requests_in_flight", "HTTP requests being handled right now.", registry=self.registry
         )

@@ -47,6 +47,9 @@ def test_readyz_and_metrics(host):
     assert get_json(host, f"http://{ADDR}:8000/readyz")["status"] == "ready"
     metrics = host.check_output(f"curl -sf http://{ADDR}:8000/metrics")
     assert 'keel_app_build_info{' in metrics and 'version="1.0.1"' in metrics
+    # process metrics inside the sandbox (ProcSubset=pid hides /proc/stat): the capacity dashboard needs them
+    cpu = [line for line in metrics.splitlines() if line.startswith("process_cpu_seconds_total ")]
+    assert cpu and float(cpu[0].split()[1]) > 0, metrics[-2000:]
 
 
 def test_current_points_at_the_new_release_and_the_old_one_is_kept(host):

@@ -168,7 +168,10 @@ def test_metrics_use_route_templates(make_app: Any, running: Any) -> None:
     # error ratio is 0 rather than "no data"
     assert ("keel_app_request_errors_total", {"route": "/hello", "status": "500"}, 0.0) in samples
     assert ("keel_app_request_errors_total", {"route": "other", "status": "500"}, 0.0) in samples
-    assert any(name == "process_cpu_seconds_total" for name, _, _ in samples)  # capacity dashboard
+    process = {name: value for name, _, value in samples if name.startswith("process_")}
+    assert process["process_cpu_seconds_total"] > 0  # the capacity dashboard's requests per CPU second
+    assert process["process_resident_memory_bytes"] > 1_000_000
+    assert process["process_open_fds"] > 0
 
 
 def test_backend_failure_is_an_error_metric(make_app: Any, running: Any) -> None:
