@@ -5,10 +5,12 @@
 #                         containers), run playbooks/site.yml, smoke-check
 #   scripts/lab.sh down   remove the lab hosts and their network
 #   scripts/lab.sh status what runs
-#   scripts/lab.sh check  on a running lab: the browser check (headless Chromium
-#                         opens Prometheus' UI and HAProxy's stats page; screenshots
-#                         and assertions, tests/lab) and site.yml once more through
-#                         ansible-runner, as AWX runs it, which must change nothing
+#   scripts/lab.sh check  on a running lab: tests/lab (the browser check: headless
+#                         Chromium opens Prometheus' UI and HAProxy's stats page,
+#                         screenshots and assertions; adding and removing an app
+#                         host under traffic; the security audit) and site.yml once
+#                         more through ansible-runner, as AWX runs it, which must
+#                         change nothing
 #
 # Re-running "up" converges idempotently. Inventory: inventories/lab.
 set -euo pipefail
