@@ -40,8 +40,10 @@ def new_key(home: Path, uid: str) -> str:
 @pytest.fixture(scope="module")
 def signers(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("gpg")
-    return {name: {"home": base / name, "fpr": new_key(base / name, f"{name} <{name}@example.org>")}
-            for name in ("upstream", "attacker")}
+    yield {name: {"home": base / name, "fpr": new_key(base / name, f"{name} <{name}@example.org>")}
+           for name in ("upstream", "attacker")}
+    for name in ("upstream", "attacker"):  # gpg leaves an agent running per home
+        subprocess.run(["gpgconf", "--homedir", str(base / name), "--kill", "all"], check=False, timeout=60)
 
 
 @pytest.fixture

@@ -388,8 +388,12 @@ def gpg_key(home: Path, uid: str) -> tuple[str, bytes]:
 
 @pytest.mark.parametrize("case", ["another_key", "the_pinned_key_and_another"])
 def test_a_grafana_apt_key_other_than_the_pinned_one_is_refused_before_apt_trusts_it(mon1, case, tmp_path):
-    pinned, pinned_key = gpg_key(tmp_path / "pinned", "pinned <pinned@example.org>")
-    other, other_key = gpg_key(tmp_path / "other", "other <other@example.org>")
+    try:
+        pinned, pinned_key = gpg_key(tmp_path / "pinned", "pinned <pinned@example.org>")
+        other, other_key = gpg_key(tmp_path / "other", "other <other@example.org>")
+    finally:  # gpg leaves an agent running per home
+        for home in ("pinned", "other"):
+            subprocess.run(["gpgconf", "--homedir", str(tmp_path / home), "--kill", "all"], check=False, timeout=60)
     if case == "another_key":
         served, fingerprint = other_key, pinned
     else:
