@@ -162,11 +162,15 @@ def test_verify_inrelease_returns_signed_text_and_refuses_tampering(tmp_path):
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback", "--passphrase", ""]
-    subprocess.run([*gpg, "--quick-gen-key", "test <t@example.org>", "ed25519", "sign", "never"],
-                   check=True, capture_output=True)
-    signed = subprocess.run([*gpg, "--clearsign"], input=INRELEASE.encode(), check=True, capture_output=True).stdout
-    keyring = tmp_path / "keyring.gpg"
-    keyring.write_bytes(subprocess.run([*gpg, "--export"], check=True, capture_output=True).stdout)
+    try:
+        subprocess.run([*gpg, "--quick-gen-key", "test <t@example.org>", "ed25519", "sign", "never"],
+                       check=True, capture_output=True)
+        signed = subprocess.run([*gpg, "--clearsign"], input=INRELEASE.encode(), check=True,
+                                capture_output=True).stdout
+        keyring = tmp_path / "keyring.gpg"
+        keyring.write_bytes(subprocess.run([*gpg, "--export"], check=True, capture_output=True).stdout)
+    finally:  # gpg leaves an agent running per home
+        subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=False, timeout=60)
     assert btm.verify_inrelease(signed, keyring) == INRELEASE
     tampered = signed.replace(b"9e0b5aab", b"9e0b5aac")
     with pytest.raises(btm.MirrorError, match="NOT valid"):
