@@ -32,9 +32,25 @@ def keel_invalid_ssh_keys(keys: object, pattern: str) -> list:
     return [key for key in keys if not isinstance(key, str) or "\n" in key or not regex.match(key.strip())]
 
 
+def keel_invalid_settings(settings: object, key_pattern: str, value_pattern: str) -> list:
+    """Return "'key' = 'value'" for each setting whose key or value (as a string) does not match.
+
+    One evaluation for a whole mapping (a looped assert costs a template run per item).
+    Both patterns are matched from the start, as Jinja's 'match' test does.
+    """
+    import re
+
+    if not isinstance(settings, dict):
+        return [repr(settings)]
+    key_re, value_re = re.compile(key_pattern), re.compile(value_pattern)
+    return [f"'{key}' = '{value}'" for key, value in settings.items()
+            if not (isinstance(key, str) and key_re.match(key) and value_re.match(str(value)))]
+
+
 class FilterModule:
     def filters(self):
         return {
             "keel_timezone_valid": keel_timezone_valid,
             "keel_invalid_ssh_keys": keel_invalid_ssh_keys,
+            "keel_invalid_settings": keel_invalid_settings,
         }

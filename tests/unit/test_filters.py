@@ -34,4 +34,14 @@ def test_non_list_is_reported():
 
 
 def test_filters_are_registered():
-    assert set(v.FilterModule().filters()) == {"keel_timezone_valid", "keel_invalid_ssh_keys"}
+    assert set(v.FilterModule().filters()) == {"keel_timezone_valid", "keel_invalid_ssh_keys", "keel_invalid_settings"}
+
+
+def test_invalid_settings_are_reported_with_key_and_value():
+    key, value = r"^[a-z0-9_]+(\.[A-Za-z0-9_-]+)+$", r"^[-0-9 ]+$|^[A-Za-z0-9_./:-]+$"
+    good = {"net.ipv4.tcp_syncookies": 1, "kernel.kptr_restrict": "2", "net.ipv4.ip_local_port_range": "32768 60999"}
+    assert v.keel_invalid_settings(good, key, value) == []
+    bad = {"net.ipv4.tcp syncookies": 1, "kernel": 1, "fs.suid_dumpable": "0; reboot", **good}
+    assert v.keel_invalid_settings(bad, key, value) == [
+        "'net.ipv4.tcp syncookies' = '1'", "'kernel' = '1'", "'fs.suid_dumpable' = '0; reboot'"]
+    assert v.keel_invalid_settings(["not", "a", "mapping"], key, value) == ["['not', 'a', 'mapping']"]
