@@ -23,7 +23,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action.copy import ActionModule as CopyAction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'action_utils'))
-from keel_fast_path import enabled, wanted_mode
+from keel_fast_path import attributes_match, enabled, wanted_mode
 
 # Options the fast path understands; any other option sends the task to the builtin.
 # validate, backup and unsafe_writes only act when the file is written, which the fast path
@@ -51,11 +51,7 @@ def unchanged(state, content, owner, group, mode):
     """True when the file the host reported already is what the task asks for."""
     if state is None or state['checksum'] != hashlib.sha1(content, usedforsecurity=False).hexdigest():
         return False
-    if owner is not None and str(owner) not in (state['owner'], state['uid']):
-        return False
-    if group is not None and str(group) not in (state['group'], state['gid']):
-        return False
-    return mode is None or mode == state['mode']
+    return attributes_match(state, owner, group, mode)
 
 
 class ActionModule(CopyAction):

@@ -16,7 +16,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'action_utils'))
-from keel_fast_path import FastPathAction, wanted_mode
+from keel_fast_path import FastPathAction, attributes_match, wanted_mode
 
 _FAST_OPTIONS = frozenset(('path', 'dest', 'name', 'state', 'owner', 'group', 'mode', 'src', 'recurse', 'follow',
                            'force'))
@@ -26,11 +26,8 @@ _STAT_FORMAT = '%F|%a|%u|%g|%U|%G'
 def matches(fields, owner, group, mode):
     """True when stat's 'type|mode|uid|gid|user|group' fields have the owner, group and mode asked for."""
     _, octal, uid, gid, user, grp = fields
-    if owner is not None and str(owner) not in (user, uid):
-        return False
-    if group is not None and str(group) not in (grp, gid):
-        return False
-    return mode is None or mode == int(octal, 8)
+    return attributes_match({'mode': int(octal, 8), 'uid': uid, 'gid': gid, 'owner': user, 'group': grp},
+                            owner, group, mode)
 
 
 def unchanged(state, stdout, owner, group, mode, src=None):

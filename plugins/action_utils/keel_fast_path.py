@@ -26,6 +26,16 @@ def wanted_mode(mode):
     return int(mode, 8) if _OCTAL_MODE.match(mode) else False
 
 
+def attributes_match(actual, owner, group, mode):
+    """True when a path's actual {'owner', 'uid', 'group', 'gid', 'mode' (int)} has the owner
+    (name or id), group (name or id) and mode (wanted_mode()) the task asks for; None is not asked."""
+    if owner is not None and str(owner) not in (actual['owner'], actual['uid']):
+        return False
+    if group is not None and str(group) not in (actual['group'], actual['gid']):
+        return False
+    return mode is None or mode == actual['mode']
+
+
 class FastPathAction(ActionBase):
     """Answer from _fast_answer() when it can, else run the builtin module BUILTIN with the task's arguments."""
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import FAKE_ARCHITECTURE
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
@@ -70,12 +71,13 @@ def download(tmp: Path, mirror: Mirror, home: Path, xdg_cache: Path | None = Non
     """The artifact role's download entry point for three hosts, with the cache at
     its default: the calling user's XDG_CACHE_HOME, else HOME/.cache."""
     inventory = {"all": {"vars": {"ansible_connection": "local", "ansible_python_interpreter": str(BIN / "python"),
-                                  "ansible_architecture": "x86_64"},
+                                  "test_arch": "x86_64"},
                          "hosts": {"h1": {}, "h2": {}, "h3": {}}}}
     (tmp / "inventory.yml").write_text(yaml.safe_dump(inventory))
     (tmp / "play.yml").write_text(yaml.safe_dump([{
         "name": "Download tool", "hosts": "all", "gather_facts": False,
-        "tasks": [{"ansible.builtin.include_role": {"name": "artifact", "tasks_from": "download"}}]}]))
+        "tasks": [FAKE_ARCHITECTURE,
+                  {"ansible.builtin.include_role": {"name": "artifact", "tasks_from": "download"}}]}]))
     host, port = mirror.server_address[:2]
     (tmp / "extra.json").write_text(json.dumps({
         "artifact_name": "tool", "artifact_version": "1.0.0",

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pexpect
 import pytest
 import yaml
 
@@ -103,3 +104,62 @@ def test_ansible_inventory_shows_the_vault_variables_only_with_the_password(site
     res = run(site["tmp"], "ansible-inventory", "-i", str(site["hosts"]), "--host", "lb1", *site["secret"])
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["vault_grafana_admin_password"] == site["values"]["vault_grafana_admin_password"]
+
+
+def _answer_prompts(tmp: Path, argv: list[str], password: str, prompts: int,
+                    extra_env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Runs argv on a terminal (the guide's prompting forms read from it) and types the
+    password at each of its first `prompts` password prompts."""
+    child = pexpect.spawn(str(BIN / argv[0]), argv[1:], cwd=str(ROOT), env={**env(tmp), **(extra_env or {})},
+                          encoding="utf-8", timeout=240)
+    for _ in range(prompts):
+        child.expect(r"(?i)password[^:\n]*:")
+        child.sendline(password)
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before
+
+
+def test_the_prompting_forms_read_the_password_from_the_terminal(site):
+    """`--ask-vault-pass` (and `--vault-id mysite@prompt` for the vault ID form): the
+    same inventory check as above, the password typed at the prompt."""
+    password = (site["tmp"] / "keel-vault-pass").read_text().strip()
+    asking = ["--ask-vault-pass"] if site["kind"] == "password_file" else ["--vault-id", "mysite@prompt"]
+    status, output = _answer_prompts(site["tmp"], ["ansible-playbook", "-i", str(site["hosts"]), *asking,
+                                                    "playbooks/validate.yml"], password, 1)
+    assert status == 0, output[-3000:]
+    assert "Validate the controller and the inventory" in output
+    assert "failed=0" in output
+    status, output = _answer_prompts(site["tmp"], ["ansible-playbook", "-i", str(site["hosts"]), *asking,
+                                                    "playbooks/validate.yml"], "not-" + password, 1)
+    assert status != 0
+    assert "decrypt" in output.lower(), output[-2000:]
+
+
+def test_ansible_vault_create_and_edit_as_the_guide_writes_them(tmp_path):
+    """`ansible-vault create vault.yml` and `ansible-vault edit vault.yml` open $EDITOR
+    on a plain temporary copy; the editor here is a script that writes what a person
+    would type. The password is typed at the prompts (new, confirm; then the one for edit)."""
+    vault = tmp_path / "vault.yml"
+    first, second = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    editor = tmp_path / "editor"
+    editor.write_text("#!/bin/sh\n"
+                      f"grep -q vault_ \"$1\" && sed -i 's/{first}/{second}/' \"$1\" "
+                      f"|| printf 'vault_grafana_admin_password: {first}\\n' > \"$1\"\n")
+    editor.chmod(0o700)
+    password = secrets.token_urlsafe(24)
+    status, output = _answer_prompts(tmp_path, ["ansible-vault", "create", str(vault)], password, 2,
+                                     {"EDITOR": str(editor)})
+    assert status == 0, output
+    created = vault.read_text()
+    assert created.startswith("$ANSIBLE_VAULT;1.1;AES256") and first not in created
+    status, output = _answer_prompts(tmp_path, ["ansible-vault", "edit", str(vault)], password, 1,
+                                     {"EDITOR": str(editor)})
+    assert status == 0, output
+    edited = vault.read_text()
+    assert edited.startswith("$ANSIBLE_VAULT;1.1;AES256") and second not in edited and edited != created
+    password_file = tmp_path / "pass"
+    password_file.write_text(password + "\n")
+    res = run(tmp_path, "ansible-vault", "view", "--vault-password-file", str(password_file), str(vault))
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(res.stdout) == {"vault_grafana_admin_password": second}
