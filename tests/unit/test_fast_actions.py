@@ -255,3 +255,27 @@ def test_systemd_answers_read_as_the_module_would():
         assert not keel_systemd_service.unchanged(answer, True, "started"), answer
     assert keel_systemd_service.probe("ssh", True, "started") == (
         "systemctl is-enabled -- ssh; systemctl is-active -- ssh; true")
+    # stopped and disabled: the module counts "failed" as not running, and only "disabled" as
+    # not enabled that it would leave alone (static, masked, ... go to the builtin)
+    assert keel_systemd_service.unchanged("disabled\ninactive\n", False, "stopped")
+    assert keel_systemd_service.unchanged("disabled\nfailed\n", False, "stopped")
+    for answer in ("enabled\ninactive\n", "disabled\nactive\n", "static\ninactive\n", "masked\ninactive\n",
+                   "disabled\ndeactivating\n", "disabled\n"):
+        assert not keel_systemd_service.unchanged(answer, False, "stopped"), answer
+    # daemon_reload: only when systemd says the unit (or, without a name, no loaded unit) needs
+    # none and has loaded exactly the drop-ins under /etc/systemd/system that are on disk
+    probe = keel_systemd_service.probe("x", True, "started", True)
+    assert "systemctl show -p NeedDaemonReload --value -- x " in probe
+    assert "ls -1d /etc/systemd/system/x.service.d/*.conf" in probe
+    assert "ls -1d /etc/systemd/system/x.socket.d/*.conf" in keel_systemd_service.probe("x.socket", None, None, True)
+    assert "-- '*' " in keel_systemd_service.probe(None, None, None, True)
+    same = "reload=0\nloaded=/etc/systemd/system/x.service.d/a.conf \nfiles=/etc/systemd/system/x.service.d/a.conf \n"
+    assert keel_systemd_service.unchanged("enabled\nactive\n" + same, True, "started", True)
+    assert keel_systemd_service.unchanged(same, None, None, True)
+    assert keel_systemd_service.unchanged("reload=0\nloaded=\nfiles=\n", None, None, True)
+    for answer in (same.replace("reload=0", "reload=1"),  # a unit file changed since it was loaded
+                   "reload=0\nloaded=\nfiles=/etc/systemd/system/x.service.d/a.conf \n",  # a new drop-in
+                   "reload=0\nloaded=/etc/systemd/system/x.service.d/a.conf \nfiles=\n",  # a drop-in removed
+                   "enabled\nactive\n", "reload=0\n", ""):
+        assert not keel_systemd_service.unchanged(answer, None, None, True), answer
+    assert not keel_systemd_service.unchanged("enabled\nactive\nreload=0\nloaded=\n", True, "started", True)
