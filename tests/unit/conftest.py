@@ -11,13 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 for sub in ("scripts", "scripts/lib", "plugins/filter"):
     sys.path.insert(0, str(ROOT / sub))
 
-# The roles read the architecture from ansible_facts (ansible.cfg turns off the
-# facts as top-level variables). Tests whose hosts are not contacted (gather_facts
-# off) give each host its inventory variable test_arch as that fact: a cacheable
-# set_fact lands in ansible_facts (run them with ANSIBLE_CACHE_PLUGIN=memory).
-FAKE_ARCHITECTURE = {"name": "Give the host its test architecture as a fact",
-                     "ansible.builtin.set_fact": {"ansible_architecture": "{{ test_arch }}", "cacheable": True}}
-
 
 def _extract_promtool(archive: Path, out: Path) -> Path:
     """promtool out of a Prometheus release archive (the test mirror's), into out/promtool."""

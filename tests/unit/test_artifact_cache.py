@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FAKE_ARCHITECTURE
+from keel_test_helpers import FAKE_ARCHITECTURE
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".venv" / "bin"
