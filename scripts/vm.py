@@ -3,6 +3,8 @@
 
     vm.py build                       build (or reuse) the VM base image
     vm.py up   --lab NAME --count N   boot N VMs on a private network, write an inventory
+               [--names a,b,..]       inventory names of the VMs (default vm1, vm2, ...)
+               [--forward NAME:PORT:GUEST]  also forward 127.0.0.1:PORT to the VM's GUEST port
     vm.py down --lab NAME             stop them, remove their network and state
     vm.py status [--lab NAME]         what runs
 
@@ -187,7 +189,8 @@ def bridge_forwarding(bridge: str, allow: bool) -> None:
             pass
 
 
-def up(lab: str, count: int, memory: int, cpus: int, timeout: int, net: str | None = None) -> dict:
+def up(lab: str, count: int, memory: int, cpus: int, timeout: int, net: str | None = None,
+       names: list[str] | None = None, forwards: dict[str, list[tuple[int, int]]] | None = None) -> dict:
     if os.geteuid() != 0:
         sys.exit("starting VMs needs root (bridge and tap devices)")
     img = build()
@@ -207,8 +210,11 @@ def up(lab: str, count: int, memory: int, cpus: int, timeout: int, net: str | No
     ip("link", "set", bridge, "up")
     bridge_forwarding(bridge, allow=True)
     info = {"lab": lab, "bridge": bridge, "accel": accel, "key": str(key), "vms": []}
+    names = names or [f"vm{i}" for i in range(1, count + 1)]
+    forwards = forwards or {}
     for i, tap in enumerate(taps, start=1):
-        name = f"{lab}-vm{i}"
+        host = names[i - 1]
+        name = f"{lab}-{host}"
         ip("tuntap", "add", "dev", tap, "mode", "tap")
         ip("link", "set", tap, "master", bridge)
         ip("link", "set", tap, "up")
@@ -232,7 +238,8 @@ def up(lab: str, count: int, memory: int, cpus: int, timeout: int, net: str | No
             "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 audit=1 audit_backlog_limit=8192",
             "-drive", f"file={disk},if=virtio,format=qcow2",
             "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-netdev", ",".join([f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
+                                 *(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in forwards.get(host, []))]),
             "-device", f"virtio-net-pci,netdev=n0,mac=52:54:00:4b:{i:02x}:01",
             "-netdev", f"tap,id=n1,ifname={tap},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=n1,mac=52:54:00:4b:{i:02x}:02",
@@ -240,7 +247,8 @@ def up(lab: str, count: int, memory: int, cpus: int, timeout: int, net: str | No
             "-pidfile", str(state / f"{name}.pid"), "-daemonize",
         ]
         run(cmd)
-        info["vms"].append({"name": name, "port": port, "private_ip": private_ip, "tap": tap})
+        info["vms"].append({"name": name, "host": host, "port": port, "private_ip": private_ip, "tap": tap,
+                            "forwards": [f"127.0.0.1:{h}->{g}" for h, g in forwards.get(host, [])]})
         log(f"{name}: booting ({accel}), ssh 127.0.0.1:{port}, private {private_ip}")
     (state / "lab.json").write_text(json.dumps(info, indent=2))
     write_inventory(state, info)
@@ -276,7 +284,7 @@ def wait_ssh(state: Path, info: dict, timeout: int) -> None:
 def write_inventory(state: Path, info: dict) -> None:
     hosts = {}
     for vm in info["vms"]:
-        hosts[vm["name"]] = {
+        hosts[vm.get("host", vm["name"])] = {
             "ansible_host": "127.0.0.1",
             "ansible_port": vm["port"],
             "ansible_user": USER,
@@ -348,6 +356,32 @@ def status(lab: str | None, as_json: bool = False) -> int:
     return 0
 
 
+def parse_names_and_forwards(names_arg: str | None, forward_args: list[str],
+                             count: int) -> tuple[list[str] | None, dict[str, list[tuple[int, int]]]]:
+    """Check --names and --forward before anything is created; exit with what to fix."""
+    names = None
+    if names_arg is not None:
+        names = names_arg.split(",")
+        if len(names) != count or len(set(names)) != count:
+            sys.exit(f"--names must list {count} different names, one per VM (got {names_arg!r})")
+        for name in names:
+            if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", name):
+                sys.exit(f"--names: {name!r} is not a host name (lower-case letters, digits, '-')")
+    known = names or [f"vm{i}" for i in range(1, count + 1)]
+    forwards: dict[str, list[tuple[int, int]]] = {}
+    used: set[int] = set()
+    for spec in forward_args:
+        match = re.fullmatch(r"([a-z][a-z0-9-]*):(\d{1,5}):(\d{1,5})", spec)
+        if not match or match.group(1) not in known:
+            sys.exit(f"--forward {spec!r}: use NAME:PORT:GUEST with NAME one of {', '.join(known)}")
+        host_port, guest_port = int(match.group(2)), int(match.group(3))
+        if not (1024 <= host_port <= 65535 and 1 <= guest_port <= 65535) or host_port in used:
+            sys.exit(f"--forward {spec!r}: PORT must be a free port from 1024 to 65535, once per lab")
+        used.add(host_port)
+        forwards.setdefault(match.group(1), []).append((host_port, guest_port))
+    return names, forwards
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -360,6 +394,9 @@ def main() -> int:
     u.add_argument("--cpus", type=int, default=1)
     u.add_argument("--timeout", type=int, default=600, help="seconds to wait for ssh")
     u.add_argument("--net", help="first three octets of the lab's private /24 (default 10.213.<from lab name>)")
+    u.add_argument("--names", help="comma-separated inventory names of the VMs, one per VM (default vm1, vm2, ...)")
+    u.add_argument("--forward", action="append", default=[], metavar="NAME:PORT:GUEST",
+                   help="forward 127.0.0.1:PORT on this machine to port GUEST of VM NAME (repeatable)")
     d = sub.add_parser("down")
     d.add_argument("--lab", default="vmlab")
     s = sub.add_parser("status")
@@ -373,7 +410,8 @@ def main() -> int:
             sys.exit("--count must be between 1 and 16")
         if args.net and not re.fullmatch(r"(10\.\d{1,3}|192\.168|172\.(1[6-9]|2\d|3[01]))\.\d{1,3}", args.net):
             sys.exit("--net must be the first three octets of a private /24, for example 10.213.50")
-        info = up(args.lab, args.count, args.memory, args.cpus, args.timeout, args.net)
+        names, forwards = parse_names_and_forwards(args.names, args.forward, args.count)
+        info = up(args.lab, args.count, args.memory, args.cpus, args.timeout, args.net, names, forwards)
         print(json.dumps(info))
         print(f"inventory: {lab_dir(args.lab) / 'inventory.yml'}", file=sys.stderr)
     elif args.cmd == "down":
