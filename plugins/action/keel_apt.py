@@ -11,6 +11,13 @@
 # wildcard, a .deb, a virtual package, an upgrade, autoremove, a cache the
 # module would update) runs ansible.builtin.apt with the task's arguments
 # unchanged. See keel_copy.py.
+#
+# One thing it adds to the module, for every task that updates the cache: a
+# host with no downloaded package indexes (a fresh image: an empty but recent
+# /var/lib/apt/lists, which the module's cache_valid_time would trust) gets
+# them whatever cache_valid_time says, and in check mode they are downloaded for
+# real first (a cache, not the host's configuration), so that a dry run on a
+# fresh host can tell what apt would install.
 from __future__ import annotations
 
 import re
@@ -30,6 +37,8 @@ _PLAIN_NAME = re.compile(r'^[a-z0-9][a-z0-9+.-]+$')
 # The module's own evidence of the last index update (modules/apt.py, get_updated_cache_time).
 _CACHE_TIME = ('stat -c %Y /var/lib/apt/periodic/update-success-stamp 2>/dev/null'
                ' || stat -c %Y /var/lib/apt/lists')
+# How many package indexes the host has downloaded (0 on a fresh image).
+_INDEX_COUNT = 'ls /var/lib/apt/lists 2>/dev/null | grep -c _Packages; true'
 
 
 def packages(args):
@@ -65,8 +74,40 @@ def unchanged(stdout, names, state, cache_valid_time, purge=False):
     return all(states.get(n, set()) <= gone for n in names)
 
 
+def index_count(stdout):
+    """The number _INDEX_COUNT printed; None when the output is not one."""
+    text = to_text(stdout).strip()
+    return int(text) if text.isdigit() else None
+
+
 class ActionModule(FastPathAction):
     BUILTIN = 'ansible.legacy.apt'
+
+    def run(self, tmp=None, task_vars=None):
+        args = self._task.args
+        if boolean(args.get('update_cache', False), strict=False):
+            answer = self._low_level_execute_command(_INDEX_COUNT, sudoable=True)
+            if index_count(answer.get('stdout', '')) == 0:
+                self._task.args = dict(args, cache_valid_time=0)
+                if self._task.check_mode:
+                    fetched = self._fetch_indexes(task_vars)
+                    if fetched.get('failed'):
+                        return fetched
+        return super().run(tmp, task_vars)
+
+    def _fetch_indexes(self, task_vars):
+        """apt-get update for real, in check mode too (the module alone would only pretend)."""
+        check_mode = self._task.check_mode
+        self._task.check_mode = False
+        try:
+            result = self._execute_module(
+                module_name=self.BUILTIN, task_vars=task_vars,
+                module_args={'update_cache': True, 'lock_timeout': self._task.args.get('lock_timeout', 60)})
+        finally:
+            self._task.check_mode = check_mode
+        if result.get('failed'):
+            result['msg'] = f"downloading the package indexes for a dry run failed: {result.get('msg', '')}"
+        return result
 
     def _fast_answer(self):
         args = self._task.args

@@ -10,6 +10,9 @@ running lab (`scripts/lab.sh check`), on top of what the other lab tests run:
   taken back to the previous Debian package version by hand, the guide's command
   with the version pinned upgrades it, HAProxy serves afterwards;
 - the Runtime API's `show servers state app` lists every app instance;
+- the troubleshooting section's Prometheus and Alertmanager commands on the
+  monitoring host (`promtool check config`/`check rules`, `amtool check-config`,
+  the targets through the API): valid, every target up;
 - secrets from ansible-vault in a whole layer (`--tags haproxy`), the password
   typed at `--ask-vault-pass`'s prompt: the vaulted stats password is the one
   the stats page takes; a wrong password stops the run before any change.
@@ -171,6 +174,24 @@ def test_show_servers_state_lists_every_app_instance():
         assert row["srv_op_state"] == "2", row  # SRV_ST_RUNNING
         assert row["srv_admin_state"] == "0", row
     assert {row["srv_name"] for row in rows} == {f"{h}-{p}" for h in APP_HOSTS for p in (8000, 8001)}, rows
+
+
+def test_the_monitoring_hosts_troubleshooting_commands():
+    """The guide's four Prometheus/Alertmanager commands, as written, on mon1 (PRIVATE_IP: its address)."""
+    config = on("mon1", "promtool check config /etc/prometheus/prometheus.yml 2>&1")
+    assert "SUCCESS: /etc/prometheus/prometheus.yml is valid prometheus config file syntax" in config, config
+    rules = on("mon1", "promtool check rules /etc/prometheus/rules/*.yml 2>&1")
+    found = [int(n) for n in re.findall(r"SUCCESS: (\d+) rules found", rules)]
+    assert found and all(n > 0 for n in found) and "FAILED" not in rules, rules
+    alertmanager = on("mon1", "amtool check-config /etc/alertmanager/alertmanager.yml 2>&1")
+    assert "SUCCESS" in alertmanager and "Found:" in alertmanager, alertmanager
+    targets = on("mon1", "curl -s http://172.30.80.31:9090/api/v1/targets | python3 -m json.tool"
+                         " | grep -E '\"(instance|health|lastError)\"'")
+    health = re.findall(r'"health": "(\w+)"', targets)
+    instances = re.findall(r'"instance": "([^"]+)"', targets)
+    assert health and set(health) == {"up"}, targets
+    # every lab host among them (node_exporter's targets carry the inventory name as their instance)
+    assert {*APP_HOSTS, "lb1", "mon1"} <= set(instances), instances
 
 
 @pytest.fixture

@@ -279,3 +279,10 @@ def test_systemd_answers_read_as_the_module_would():
                    "enabled\nactive\n", "reload=0\n", ""):
         assert not keel_systemd_service.unchanged(answer, None, None, True), answer
     assert not keel_systemd_service.unchanged("enabled\nactive\nreload=0\nloaded=\n", True, "started", True)
+
+
+def test_apt_index_count_read_as_a_number_or_not_at_all():
+    assert keel_apt.index_count("0\n") == 0
+    assert keel_apt.index_count("12\r\n") == 12  # a -tt SSH session's line end
+    assert keel_apt.index_count("") is None
+    assert keel_apt.index_count("ls: cannot access\n0") is None  # anything else: not trusted

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import keel_facts
 import keel_validators as v
 import pytest
+from ansible.errors import AnsibleFilterError
 
 KEY_RE = r"^(ssh-ed25519|ssh-rsa) [A-Za-z0-9+/]+={0,3}( .*)?$"
 
@@ -45,3 +47,20 @@ def test_invalid_settings_are_reported_with_key_and_value():
     assert v.keel_invalid_settings(bad, key, value) == [
         "'net.ipv4.tcp syncookies' = '1'", "'kernel' = '1'", "'fs.suid_dumpable' = '0; reboot'"]
     assert v.keel_invalid_settings(["not", "a", "mapping"], key, value) == ["['not', 'a', 'mapping']"]
+
+
+@pytest.mark.parametrize(("facts", "expected"), [
+    ({"virtualization_role": "guest", "virtualization_type": "docker"}, True),
+    ({"virtualization_role": "guest", "virtualization_type": "systemd-nspawn"}, True),
+    ({"virtualization_role": "guest", "virtualization_type": "containerd"}, True),
+    ({"virtualization_role": "guest", "virtualization_type": "kvm"}, False),  # a VM has its own kernel
+    ({"virtualization_role": "host", "virtualization_type": "docker"}, False),  # a machine that runs containers
+    ({}, False),  # facts not gathered: treated as a host of its own
+])
+def test_in_container_reads_the_virtualization_facts(facts, expected):
+    assert keel_facts.keel_in_container(facts) is expected
+
+
+def test_in_container_wants_the_facts_dict():
+    with pytest.raises(AnsibleFilterError, match="expects ansible_facts"):
+        keel_facts.keel_in_container("docker")
