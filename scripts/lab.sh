@@ -15,7 +15,8 @@
 #                         more through ansible-runner, as AWX runs it, which must
 #                         change nothing
 #
-# Re-running "up" (with the same kind of hosts) converges idempotently.
+# Re-running "up" (with the same kind of hosts) converges idempotently;
+# KEEL_LAB_EXPECT_CHANGED=0 makes "up" fail unless site.yml changed nothing.
 # Inventory: inventories/lab (containers), inventories/lab-vm (VMs).
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
@@ -78,6 +79,9 @@ case "$action" in
                  for (i = 1; i <= NF; i++) if ($i ~ /^changed=/) { split($i, kv, "="); sum += kv[2] } }
                END { print sum + 0 }' reports/lab/site-run.log)
     log "site.yml took $site_s s, changed=$changed"
+    if [ -n "${KEEL_LAB_EXPECT_CHANGED:-}" ] && [ "$changed" != "$KEEL_LAB_EXPECT_CHANGED" ]; then
+      die "site.yml changed $changed things, expected $KEEL_LAB_EXPECT_CHANGED (KEEL_LAB_EXPECT_CHANGED): see reports/lab/site-run.log"
+    fi
     step "smoke check"
     playbook playbooks/smoke.yml
     total_s=$(($(date +%s) - _keel_t0))

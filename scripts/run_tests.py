@@ -100,6 +100,16 @@ def scenario_steps(names: list[str], part: str) -> list[Step]:
     return steps
 
 
+def vm_lab_step() -> Step:
+    """README command 1 with --vm: the four lab hosts as VMs, site.yml over SSH, the
+    smoke check; then "up" again, which must change nothing. The VM lab only:
+    a container lab that runs is refused by lab.sh, never removed."""
+    down = ["python3", "scripts/vm.py", "down", "--lab", "keel-lab"]
+    return Step("vm", "lab on VMs (scripts/lab.sh up --vm, twice: the second changes nothing)",
+                ["bash", "-c", "scripts/lab.sh up --vm && KEEL_LAB_EXPECT_CHANGED=0 scripts/lab.sh up --vm"],
+                before=[down], on_failure=[down], on_success=[down])
+
+
 def converged_roles(scenario: str) -> set[str]:
     """Roles a scenario's converge.yml applies (`- role: NAME` entries)."""
     path = ROOT / "molecule" / scenario / "converge.yml"
@@ -244,6 +254,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
             steps += scenario_steps(role_scenarios, part)
         elif part == "vm":
             steps += scenario_steps(vm_scenarios, part)
+            steps.append(vm_lab_step())
         elif part == "online":
             steps += scenario_steps(online_scenarios, part)
         elif part == "integration":

@@ -164,3 +164,13 @@ def test_retried_pass_cell_names_the_failure_before_molecule_s_closing_lines(tmp
     assert runs == 2 and step.passed
     assert "test_alert FAILED" in step.result and "assert [] == [1]" in step.result
     assert "glob failed" not in step.result and "return code was 1" not in step.result
+
+
+def test_the_vm_part_brings_the_lab_up_on_vms_twice_and_takes_it_down():
+    steps = run_tests.plan(run_tests.argparse.Namespace(scenario=None, role=None, part=["vm"]))
+    lab = [s for s in steps if "lab.sh up --vm" in " ".join(s.argv)]
+    assert len(lab) == 1 and not lab[0].scenario  # runs alone, before the VM scenarios
+    command = lab[0].argv[-1]
+    assert command.index("lab.sh up --vm") < command.index("KEEL_LAB_EXPECT_CHANGED=0 scripts/lab.sh up --vm")
+    down = ["python3", "scripts/vm.py", "down", "--lab", "keel-lab"]
+    assert lab[0].before == lab[0].on_success == lab[0].on_failure == [down]
