@@ -95,7 +95,7 @@ def test_prometheus_ui_lists_every_job_and_host_all_up(chromium, groups):
 
 def test_prometheus_ui_shows_the_alert_rules(chromium):
     text = _text(render(chromium, f"{PROMETHEUS}/classic/alerts", "prometheus-alerts"))
-    for alert in ("KeelInstanceDown", "KeelHAProxyBackendDown", "KeelAppErrorBudgetBurn",
+    for alert in ("KeelHostDown", "KeelInstanceDown", "KeelHAProxyBackendDown", "KeelAppErrorBudgetBurn",
                   "KeelEndpointProbeFailed"):
         assert alert in text, alert
 
