@@ -193,6 +193,14 @@ def test_alertmanager_upgraded_in_place_and_sandboxed(mon1):
     assert mon1.file("/usr/local/bin/amtool").linked_to == f"/opt/keel/alertmanager/{CURRENT['alertmanager']}/amtool"
 
 
+def test_side_effect_route_loaded_by_a_reload_not_a_restart(mon1):
+    """The side effect's repeat_interval 2h: the handler's reload check saw the new config hash."""
+    assert "repeat_interval: 2h" in mon1.file("/etc/alertmanager/alertmanager.yml").content_string
+    before = mon1.file("/root/alertmanager-pid-before-side-effect").content_string.strip()
+    assert mon1.check_output("systemctl show -p MainPID --value alertmanager") == before
+    assert "repeat_interval: 2h" in alertmanager("/api/v2/status")["config"]["original"]
+
+
 def test_silence_made_by_the_previous_alertmanager_survived_the_upgrade(mon1):
     silences = [s for s in alertmanager("/api/v2/silences")
                 if s["comment"] == "made by the previous Alertmanager before the upgrade"]
