@@ -74,6 +74,16 @@ def unchanged(stdout, names, state, cache_valid_time, purge=False):
     return all(states.get(n, set()) <= gone for n in names)
 
 
+def updates_cache(args):
+    """Whether the module would update the indexes: update_cache, or a cache_valid_time (as modules/apt.py)."""
+    return boolean(args.get('update_cache', False), strict=False) or bool(args.get('cache_valid_time'))
+
+
+def fresh_host_args(args):
+    """The task's arguments for a host without indexes: the module updates them, whatever their age."""
+    return dict(args, update_cache=True, cache_valid_time=0)
+
+
 def index_count(stdout):
     """The number _INDEX_COUNT printed; None when the output is not one."""
     text = to_text(stdout).strip()
@@ -85,10 +95,10 @@ class ActionModule(FastPathAction):
 
     def run(self, tmp=None, task_vars=None):
         args = self._task.args
-        if boolean(args.get('update_cache', False), strict=False):
+        if updates_cache(args):
             answer = self._low_level_execute_command(_INDEX_COUNT, sudoable=True)
             if index_count(answer.get('stdout', '')) == 0:
-                self._task.args = dict(args, cache_valid_time=0)
+                self._task.args = fresh_host_args(args)
                 if self._task.check_mode:
                     fetched = self._fetch_indexes(task_vars)
                     if fetched.get('failed'):
@@ -116,7 +126,7 @@ class ActionModule(FastPathAction):
         if set(args) - _FAST_OPTIONS or names is None or state not in ('present', 'absent'):
             return None
         cache_valid_time = None
-        if boolean(args.get('update_cache', False), strict=False) or args.get('cache_valid_time'):
+        if updates_cache(args):
             try:
                 cache_valid_time = int(args.get('cache_valid_time', 0))
             except (TypeError, ValueError):

@@ -281,6 +281,17 @@ def test_systemd_answers_read_as_the_module_would():
     assert not keel_systemd_service.unchanged("enabled\nactive\nreload=0\nloaded=\n", True, "started", True)
 
 
+def test_apt_updates_the_cache_when_the_module_would():
+    """A cache_valid_time alone updates the cache (modules/apt.py): a fresh host then gets its indexes."""
+    assert keel_apt.updates_cache({"name": "gpg", "cache_valid_time": 3600})
+    assert keel_apt.updates_cache({"name": "gpg", "update_cache": "yes"})
+    assert not keel_apt.updates_cache({"name": "gpg", "update_cache": False, "cache_valid_time": 0})
+    assert not keel_apt.updates_cache({"name": "gpg"})
+    # on a host without indexes: modules/apt.py updates when update_cache is true, whatever the time says
+    forced = keel_apt.fresh_host_args({"name": "gpg", "cache_valid_time": 3600})
+    assert forced == {"name": "gpg", "update_cache": True, "cache_valid_time": 0}
+
+
 def test_apt_index_count_read_as_a_number_or_not_at_all():
     assert keel_apt.index_count("0\n") == 0
     assert keel_apt.index_count("12\r\n") == 12  # a -tt SSH session's line end
