@@ -284,8 +284,9 @@ def run_logged(argv: list[str], log: Path, prefix: str = "") -> int:
     with log.open("a") as out:
         out.write(f"$ {shlex.join(argv)}\n")
         out.flush()
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
+        # No step reads input; ansible-playbook refuses a non-blocking stdin (a background shell's).
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")
         for line in proc.stdout or []:
             out.write(line)
             if os.environ.get("KEEL_TEST_QUIET") != "1":
