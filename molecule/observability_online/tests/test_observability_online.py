@@ -2,7 +2,8 @@
 they run sandboxed, Grafana has its datasources and dashboards and refuses
 anonymous users and sign-up, a journal line reaches Loki with the bounded labels,
 an app's JSON line is found by its trace_id and request ID, an OTLP span reaches
-Jaeger and Grafana finds it through its datasource."""
+Jaeger and Grafana finds it through its datasource, and the deployment guide's
+Grafana backup brings back a lost database."""
 
 from __future__ import annotations
 
@@ -134,3 +135,39 @@ def test_an_app_log_line_is_found_in_loki_by_its_trace_id_and_request_id(host):
     assert by_trace, "the app line was not found by its trace_id"
     assert by_trace[0]["stream"]["level"] == "info"
     assert search("request_id", request_id), "the app line was not found by its request ID"
+
+
+def post(url: str, body: dict) -> dict:
+    token = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",  # noqa: S310  own host
+                                     headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310  the scenario's own host
+        return json.load(response)
+
+
+def annotations_tagged(tag: str) -> list[str] | None:
+    """The texts of the annotations with this tag, or None while Grafana (re)starts."""
+    try:
+        return [a["text"] for a in get(f"{GRAFANA}/api/annotations?tags={tag}", auth=True)]
+    except OSError:
+        return None
+
+
+def test_backup_and_restore_of_grafana_as_the_guide_says(host):
+    """The guide's Grafana commands as written (docs/deployment-guide.md, 8.): an annotation
+    (kept in grafana.db only) survives the loss of the database through the backup."""
+    tag = f"keel-backup-{secrets.token_hex(4)}"
+    post(f"{GRAFANA}/api/annotations", {"text": "made before the backup", "tags": [tag]})
+    host.check_output("systemctl stop grafana-server && tar -czf /var/backups/grafana-$(date +%F).tar.gz "
+                      "/var/lib/grafana/grafana.db /etc/grafana/keel-secret-key && systemctl start grafana-server")
+    listed = host.check_output("tar -tzf /var/backups/grafana-$(date +%F).tar.gz").split()
+    assert sorted(listed) == ["etc/grafana/keel-secret-key", "var/lib/grafana/grafana.db"], listed
+    owner = host.check_output("stat -c %U:%G /var/lib/grafana/grafana.db")
+    host.check_output("systemctl stop grafana-server && rm /var/lib/grafana/grafana.db "
+                      "&& systemctl start grafana-server")
+    # a new, empty database (the admin password comes from keel's file again)
+    assert wait_for(lambda: annotations_tagged(tag) == [], timeout=90, step=3), annotations_tagged(tag)
+    host.check_output("systemctl stop grafana-server && tar -C / -xzf /var/backups/grafana-$(date +%F).tar.gz "
+                      f"&& chown {owner} /var/lib/grafana/grafana.db && systemctl start grafana-server")
+    assert wait_for(lambda: annotations_tagged(tag) == ["made before the backup"], timeout=90, step=3), \
+        annotations_tagged(tag)
