@@ -180,6 +180,8 @@ def test_runtime_settings(mon1):
     flags = api("/api/v1/status/flags")
     assert flags["storage.tsdb.retention.time"] == "30d"
     assert flags["storage.tsdb.path"] == "/var/lib/prometheus"
+    # links name the public URL with its path; the routes stay at / (this API call, the self-scrape)
+    assert (flags["web.external-url"], flags["web.route-prefix"]) == ("https://ops.example.test/prometheus/", "/")
     assert api("/api/v1/status/config")["yaml"].count("site: molecule") == 1
 
 
@@ -229,8 +231,13 @@ def test_down_target_alert_reaches_alertmanager_and_the_webhook(mon1):
         return {(a["labels"]["alertname"], a["labels"]["instance"], a["status"])
                 for line in lines for a in json.loads(line)["body"]["alerts"]}
     assert wait_for(lambda: ("KeelInstanceDown", "node1:8000", "firing") in notified(), timeout=120), notified()
-    in_alertmanager = {(a["labels"]["alertname"], a["labels"]["instance"]) for a in alertmanager("/api/v2/alerts")}
+    alerts = alertmanager("/api/v2/alerts")
+    in_alertmanager = {(a["labels"]["alertname"], a["labels"]["instance"]) for a in alerts}
     assert ("KeelInstanceDown", "node1:8000") in in_alertmanager
+    # the alert links to the graph on the public URL (prometheus_external_url)
+    links = {a["generatorURL"].split("?")[0] for a in alerts
+             if (a["labels"]["alertname"], a["labels"]["instance"]) == ("KeelInstanceDown", "node1:8000")}
+    assert links == {"https://ops.example.test/prometheus/graph"}, links
 
 
 def post_alerts(alerts: list[dict]) -> None:
@@ -326,6 +333,10 @@ BAD_INPUTS = {
                            ".artifact_manifest | combine({'prometheus': {'sha256': {'2.53.3': {'amd64': '" + "0" * 64
                            + "'}}}}, recursive=true) }}"},
         ["prometheus 2.53.3: the archive from", "does not match the sha256 of the manifest", "nothing was installed"]),
+    "external_url_without_a_scheme": (
+        {"prometheus_external_url": "ops.example.test/prometheus"},
+        ["prometheus_external_url empty or an http(s) URL such as https://ops.example.com/prometheus/",
+         "(got 'ops.example.test/prometheus')"]),
     "alertmanager_route_to_an_unknown_receiver": (
         {"alertmanager_route": {"receiver": "pager"}},
         ["alertmanager_route.receiver must name one of alertmanager_receivers (default)"]),
@@ -343,7 +354,7 @@ BAD_INPUTS = {
 
 # Cases the roles' preflights catch (tagged always, first in each role) run the
 # preflights only; the others need the whole converge (download, promtool, amtool).
-PREFLIGHT_CASES = {"scrape_group_that_does_not_exist", "retention_not_a_duration",
+PREFLIGHT_CASES = {"scrape_group_that_does_not_exist", "retention_not_a_duration", "external_url_without_a_scheme",
                    "alertmanager_route_to_an_unknown_receiver"}
 PREFLIGHT_ONLY = ("--tags", "keel_no_such_tag")
 
