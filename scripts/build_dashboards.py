@@ -56,8 +56,15 @@ def text_variable(name: str, label: str) -> dict:
     return {"type": "textbox", "name": name, "label": label, "query": "", "current": {"text": "", "value": ""}}
 
 
+def annotation(name: str, expr: str, title: str, color: str, tags: str = "") -> dict:
+    """Marks on every time series panel where expr has a sample (Prometheus annotation query)."""
+    return {"name": name, "datasource": PROMETHEUS, "enable": True, "hide": False, "iconColor": color,
+            "expr": expr, "step": "1m", "titleFormat": title, "tagKeys": tags, "textFormat": "",
+            "useValueForTime": False}
+
+
 def dashboard(uid: str, title: str, description: str, panels: list[dict], variables: list[dict],
-              refresh: str = "30s", time_from: str = "now-3h") -> dict:
+              refresh: str = "30s", time_from: str = "now-3h", annotations: list[dict] | None = None) -> dict:
     x = y = row_height = 0
     for i, p in enumerate(panels, start=1):  # lay panels out left to right, 24 columns wide
         w, h = p["gridPos"]["w"], p["gridPos"]["h"]
@@ -70,7 +77,7 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict], variab
         "uid": uid, "title": title, "description": description, "tags": ["keel"],
         "editable": False, "graphTooltip": 1, "schemaVersion": 39, "version": 1,
         "timezone": "utc", "refresh": refresh, "time": {"from": time_from, "to": "now"},
-        "templating": {"list": variables}, "annotations": {"list": []}, "links": [
+        "templating": {"list": variables}, "annotations": {"list": annotations or []}, "links": [
             {"type": "dashboards", "tags": ["keel"], "asDropdown": True, "title": "keel dashboards"}],
         "panels": panels,
     }
@@ -164,10 +171,65 @@ def app() -> dict:
     ], [query_variable("instance", "Instance", 'label_values(keel_app_requests_total{job="app"}, instance)')])
 
 
+AUTOSCALER = 'job="autoscaler"'
+
+
+def autoscaler_panels() -> list[dict]:
+    """The node autoscaler (job "autoscaler", issue 23): what it sees, decides and does."""
+    def nodes(kind: str) -> str:
+        return f"max(keel_autoscaler_{kind}_nodes{{{AUTOSCALER}}})"
+    window = "6h"  # actions are minutes apart: durations over a wide window
+    return [
+        panel("Autoscaler: app nodes (current, desired, min, max)", [
+            ("current", nodes("current")), ("desired", nodes("desired")),
+            ("min", nodes("min")), ("max", nodes("max"))],
+              description="current: serving app hosts as Prometheus sees them; desired: what the last evaluation "
+                          "asked for, after the rate policies and min/max."),
+        panel("Autoscaler: scaling metric against its target", [
+            ("{{metric}}", f"keel_autoscaler_metric_value{{{AUTOSCALER}}}"),
+            ("target {{metric}}", f"keel_autoscaler_metric_target{{{AUTOSCALER}}}")],
+              description="The metric per counted node; above the target (beyond the tolerance) asks for nodes."),
+        panel("Autoscaler: decisions per minute, by the gate that stopped them", [
+            ("{{action}} / {{gate}}", f"60 * sum by (action, gate) (rate(keel_autoscaler_decisions_total{{{AUTOSCALER}}}[{RATE}]))")],
+              unit="opm",
+              description="One decision per evaluation (and per webhook wake-up). gate none with an action: it acted; "
+                          "dry_run: it would have acted; others: what held it (cooldown, backoff, lifecycle, frozen, ...)."),
+        panel("Autoscaler: actions in the last hour, by direction and result", [
+            ("{{direction}} {{result}}", f"sum by (direction, result) (increase(keel_autoscaler_actions_total{{{AUTOSCALER}}}[1h]))")]),
+        panel(f"Autoscaler: action duration ({window} window)", [
+            ("mean {{direction}}", f"sum by (direction) (increase(keel_autoscaler_action_duration_seconds_sum{{{AUTOSCALER}}}[{window}])) / "
+                                   f"sum by (direction) (increase(keel_autoscaler_action_duration_seconds_count{{{AUTOSCALER}}}[{window}]))"),
+            ("p90 {{direction}}", f"histogram_quantile(0.9, sum by (direction, le) "
+                                  f"(increase(keel_autoscaler_action_duration_seconds_bucket{{{AUTOSCALER}}}[{window}])))")],
+              unit="s", description="From the decision to the new host serving (up) or the old one released (down)."),
+        panel("Autoscaler: frozen, dry-run, metrics missing (1 = yes)", [
+            ("frozen {{reason}}", f"keel_autoscaler_frozen{{{AUTOSCALER}}}"),
+            ("dry-run", f"keel_autoscaler_dry_run{{{AUTOSCALER}}}"),
+            ("metrics missing", f"keel_autoscaler_metrics_missing{{{AUTOSCALER}}}")], kind="state-timeline"),
+        panel("Autoscaler: cooldown and back-off left", [
+            ("scale-in cooldown", f"keel_autoscaler_cooldown_remaining_seconds{{{AUTOSCALER}}}"),
+            ("back-off", f"keel_autoscaler_backoff_remaining_seconds{{{AUTOSCALER}}}"),
+            ("action under way for", f"keel_autoscaler_intent_age_seconds{{{AUTOSCALER}}}")], unit="s"),
+        panel("Autoscaler: spare hosts left (-1: unknown)", [("", f"max(keel_autoscaler_spare_nodes{{{AUTOSCALER}}})")],
+              kind="stat"),
+    ]
+
+
+def autoscaler_annotations() -> list[dict]:
+    return [
+        annotation("Autoscaler actions",
+                   f"changes(keel_autoscaler_last_action_timestamp_seconds{{{AUTOSCALER}}}[1m]) > 0",
+                   "autoscaler: scale-{{direction}}", "blue", tags="direction"),
+        annotation("Autoscaler dry-run decisions",
+                   f'sum by (action) (increase(keel_autoscaler_decisions_total{{{AUTOSCALER}, gate="dry_run"}}[1m])) > 0',
+                   "autoscaler (dry-run) would {{action}}", "yellow", tags="action"),
+    ]
+
+
 def capacity() -> dict:
     return dashboard("keel-capacity", "keel / Capacity planning",
                      "Load per app instance against host resources, and the trends that say when to add nodes "
-                     "(the autoscaler reads the same series).", [
+                     "(the autoscaler reads the same series); the autoscaler's view, decisions and actions.", [
         panel("Requests per second per serving app instance", [
             ("", 'sum(rate(keel_app_requests_total{job="app"}[$__rate_interval])) / count(up{job="app"} == 1)')], unit="reqps"),
         panel("App instances up", [("", 'count(up{job="app"} == 1)'), ("configured", 'count(up{job="app"})')], kind="stat"),
@@ -186,7 +248,8 @@ def capacity() -> dict:
         panel("HAProxy sessions against the limit", [
             ("{{instance}}", 'sum by (instance) (haproxy_frontend_current_sessions) / on (instance) haproxy_process_max_connections')],
               unit="percentunit"),
-    ], [], refresh="5m", time_from="now-7d")
+        *autoscaler_panels(),
+    ], [], refresh="5m", time_from="now-7d", annotations=autoscaler_annotations())
 
 
 def correlation() -> dict:

@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("KEEL_VENV", ROOT / ".venv")) / "bin"
 LOGS = ROOT / ".cache" / "test-logs"
-PARTS = ("lint", "unit", "specs", "molecule", "vm", "integration", "online")
+PARTS = ("lint", "unit", "specs", "molecule", "vm", "integration", "autoscale", "online")
 NOTES: list[str] = []
 CACHE = Path(os.environ.get("KEEL_CACHE", Path.home() / ".cache" / "keel"))
 DURATIONS = CACHE / "test-durations.json"
@@ -215,6 +215,28 @@ def online_tests() -> bool:
     return False
 
 
+def autoscale_tests() -> bool:
+    """The autoscaler's lab cases beyond the default run's load ramp (restart, faults, deploy
+    freeze, dry-run, metrics outage: about 40 minutes on the integration_deploy scenario) run
+    only when asked: --part autoscale or KEEL_AUTOSCALE_TESTS=1."""
+    if os.environ.get("KEEL_AUTOSCALE_TESTS", "0") == "1":
+        return True
+    NOTES.append("autoscale: the autoscaler's lab cases beyond the load ramp not run (about 40 min). "
+                 "Run them with `scripts/test.sh --part autoscale` or KEEL_AUTOSCALE_TESTS=1.")
+    return False
+
+
+def autoscale_steps() -> list[Step]:
+    """integration_deploy's converge with the autoscaler's cases alone (KEEL_AUTOSCALE_LAB=full
+    skips the deploy tests and runs test_integration_autoscale_more.py after the ramp)."""
+    steps = scenario_steps(["integration_deploy"], "autoscale")
+    for step in steps:
+        step.name = "molecule integration_deploy (autoscaler lab cases)"
+        step.argv = ["env", "KEEL_AUTOSCALE_LAB=full", *step.argv]
+        step.attempts = 1
+    return steps
+
+
 def plan(args: argparse.Namespace) -> list[Step]:
     all_scenarios = scenarios()
     role_scenarios = [s for s in all_scenarios
@@ -234,7 +256,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
             sys.exit(f"no Molecule scenario for role(s) {args.role}; known: {all_scenarios}")
         return scenario_steps(chosen, "molecule")
     parts = args.part or [p for p in PARTS
-                          if (p != "vm" or vm_tests_by_default()) and (p != "online" or online_tests())]
+                          if (p != "vm" or vm_tests_by_default()) and (p != "online" or online_tests())
+                          and (p != "autoscale" or autoscale_tests())]
     steps: list[Step] = []
     for part in PARTS:
         if part not in parts:
@@ -257,6 +280,8 @@ def plan(args: argparse.Namespace) -> list[Step]:
             steps.append(vm_lab_step())
         elif part == "online":
             steps += scenario_steps(online_scenarios, part)
+        elif part == "autoscale":
+            steps += autoscale_steps()
         elif part == "integration":
             if integration:
                 steps += scenario_steps(integration, part)

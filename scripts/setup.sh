@@ -28,8 +28,10 @@ exec 9>"$KEEL_CACHE/setup.lock"
 flock 9 || die "another setup holds $KEEL_CACHE/setup.lock"
 
 # ---------------------------------------------------------------- host packages
+# haproxy and socat: unit tests drive a real HAProxy through its Runtime API
+# (tests/unit/test_node_playbooks.py: drain, drain timeout, remove-node.yml)
 HOST_PACKAGES=(docker.io debootstrap qemu-system-x86 qemu-utils e2fsprogs iproute2
-  openssh-client rsync ca-certificates curl debian-archive-keyring)
+  openssh-client rsync ca-certificates curl debian-archive-keyring haproxy socat)
 step "host packages"
 missing=()
 for p in "${HOST_PACKAGES[@]}"; do
@@ -86,8 +88,10 @@ else
     log "started docker.service"
   else
     log "no init system manages docker here: starting dockerd in the background (log: /var/log/keel-dockerd.log)"
-    # 9>&-: the daemon must not inherit (and hold forever) the setup lock
-    nohup dockerd >/var/log/keel-dockerd.log 2>&1 </dev/null 9>&- &
+    # 9>&-: the daemon must not inherit (and hold forever) the setup lock; setsid: nor the
+    # caller's process group, or stopping the command that ran setup (a test run killed
+    # with its group) stops Docker and every container of every other run with it
+    setsid nohup dockerd >/var/log/keel-dockerd.log 2>&1 </dev/null 9>&- &
   fi
   for _ in $(seq 1 60); do docker_ok && break; sleep 1; done
   docker_ok || die "dockerd did not answer within 60 s; see /var/log/keel-dockerd.log"

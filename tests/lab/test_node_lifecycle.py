@@ -58,6 +58,18 @@ def lb_servers() -> dict[str, str]:
     return {name: state for name, (state, _) in lb_stats().items()}
 
 
+def serving_release(host: str) -> str:
+    """The release /opt/keel-app/current points at on a lab host."""
+    return subprocess.run(["docker", "exec", f"keel-lab-{host}", "readlink", "/opt/keel-app/current"],
+                          capture_output=True, text=True, timeout=30).stdout.strip().rsplit("/", 1)[-1]
+
+
+def lock_free() -> bool:
+    """No lifecycle lock record on the lock host (the first monitoring host)."""
+    return subprocess.run(["docker", "exec", "keel-lab-mon1", "test", "-e", "/var/lib/keel/lifecycle-lock.json"],
+                          capture_output=True, timeout=30).returncode == 1
+
+
 FORGOTTEN: list[bool] = []  # set once forget_app3 completed
 
 
@@ -136,9 +148,13 @@ def plus_app3(tmp_path_factory) -> list[Path]:
 def test_add_then_remove_an_app_host_without_a_failed_request(plus_app3):
     assert not any(name.startswith(f"{NEW}-") for name in lb_servers())
     with Traffic() as traffic:
-        added = playbook(str(ROOT / "playbooks" / "add-node.yml"), "-e", f"keel_new_node={NEW}",
+        added = playbook(str(ROOT / "playbooks" / "add-node.yml"), "-e", f"keel_new_nodes={NEW}",
                          inventories=plus_app3)
         assert added.returncode == 0, added.stdout[-4000:]
+        # the release the serving hosts run (not necessarily the inventory's), and the lock is free again
+        assert serving_release(NEW) == serving_release("app1") != "", (serving_release(NEW), serving_release("app1"))
+        assert "the new nodes get it, copied from app1" in " ".join(added.stdout.split()), added.stdout[-4000:]
+        assert lock_free(), "the lifecycle lock is still held after add-node.yml"
         servers = {name: state for name, state in lb_servers().items() if name.startswith(f"{NEW}-")}
         assert servers and set(servers.values()) == {"UP"}, lb_servers()
         targets = prometheus_targets(NEW)
@@ -153,9 +169,10 @@ def test_add_then_remove_an_app_host_without_a_failed_request(plus_app3):
         assert app3_served > 0, lb_stats()
         served_before_removal = traffic.ok
 
-        removed = playbook(str(ROOT / "playbooks" / "remove-node.yml"), "-e", f"keel_remove_node={NEW}",
+        removed = playbook(str(ROOT / "playbooks" / "remove-node.yml"), "-e", f"keel_remove_nodes={NEW}",
                            inventories=plus_app3)
         assert removed.returncode == 0, removed.stdout[-4000:]
+        assert lock_free(), "the lifecycle lock is still held after remove-node.yml"
         servers = {name: state for name, state in lb_servers().items() if name.startswith(f"{NEW}-")}
         assert servers and set(servers.values()) == {"MAINT"}, lb_servers()
         active = subprocess.run(["docker", "exec", f"keel-lab-{NEW}", "systemctl", "is-active", "keel-app@api-8000"],

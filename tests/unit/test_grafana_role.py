@@ -238,6 +238,8 @@ def targets() -> list[tuple[str, str, dict]]:
         for p in board["panels"]:
             for t in p["targets"]:
                 found.append((f"{path.stem}: {p['title']}", t["datasource"]["uid"], t))
+        for a in board["annotations"]["list"]:  # annotation queries: checked like the panels' queries
+            found.append((f"{path.stem}: annotation {a['name']}", a["datasource"]["uid"], a))
     return found
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -117,6 +118,7 @@ def test_scrape_targets_come_from_the_inventory(mon1):
         ("app", "node1:8001", "http://172.30.85.21:8001/metrics"),
         ("alertmanager", "mon1", "http://172.30.85.31:9093/metrics"),
         ("blackbox_exporter", "mon1", "http://172.30.85.31:9115/metrics"),
+        ("autoscaler", "mon1", "http://172.30.85.31:9180/metrics"),  # the group autoscaler
         # the load balancers' public endpoint, probed through mon1's blackbox_exporter
         ("blackbox", "https://node1/", "http://172.30.85.31:9115/probe?module=http_2xx&target=https%3A%2F%2Fnode1%2F"),
     }, seen
@@ -314,11 +316,118 @@ def test_probe_of_a_dead_endpoint_fails_and_says_why(mon1):
     assert [(r["metric"]["instance"], r["value"][1]) for r in result] == [("https://node1/", "0")], result
 
 
+# ---------------------------------------------------------------- the autoscaler (mon1, dry-run)
+AUTOSCALER = "http://172.30.85.31:9180"
+
+
+def autoscaler(path: str, method: str = "GET", token: str | None = None,
+               body: dict | None = None) -> tuple[int, bytes]:
+    """(status, body) of a request to the autoscaler, with the bearer token when given."""
+    request = urllib.request.Request(f"{AUTOSCALER}{path}", method=method,  # noqa: S310  the scenario's own host
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def autoscaler_metrics() -> dict[str, float]:
+    """Series (name with labels) -> value, from the autoscaler's /metrics."""
+    status, body = autoscaler("/metrics")
+    assert status == 200
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in body.decode().splitlines() if line and not line.startswith("#")}
+
+
+def test_autoscaler_runs_sandboxed(mon1):
+    assert mon1.service("keel-autoscaler").is_running and mon1.service("keel-autoscaler").is_enabled
+    rating = mon1.check_output("systemd-analyze security --no-pager keel-autoscaler.service | tail -1")
+    assert float(rating.split()[-3]) <= 2.0, rating  # "→ Overall exposure level for ...: 1.9 OK 🙂"
+    program = mon1.file("/opt/keel-autoscaler/bin/keel-autoscaler")
+    assert program.user == "root" and program.mode & 0o022 == 0
+    assert mon1.user("keel-autoscaler").shell == "/usr/sbin/nologin"
+    for path in (program.path, "/etc/keel-autoscaler/config.json", "/opt/keel-autoscaler/lib"):
+        assert mon1.run(f"runuser -u keel-autoscaler -- test -w {path}").rc != 0, path
+    token = mon1.file("/etc/keel-autoscaler/token")
+    assert (token.user, token.group, token.mode) == ("root", "keel-autoscaler", 0o640)
+    state = mon1.file("/var/lib/keel-autoscaler")
+    assert (state.user, state.mode) == ("keel-autoscaler", 0o750)
+    # the live file passes the installed checker (the role's validate: runs it on every candidate)
+    check = "/opt/keel-autoscaler/bin/keel-autoscaler --config /etc/keel-autoscaler/config.json check-config"
+    assert mon1.run(check).rc == 0
+
+
+def test_autoscaler_config_follows_the_role_variables(mon1):
+    config = json.loads(mon1.file("/etc/keel-autoscaler/config.json").content_string)
+    assert (config["mode"], config["listen"]) == ("dry-run", {"address": "172.30.85.31", "port": 9180})
+    # the first monitoring host's Prometheus by default
+    assert config["prometheus"]["url"] == "http://172.30.85.31:9090"
+    assert config["evaluation_interval"] == 5 and config["policy"]["min_nodes"] == 2
+    assert [(m["name"], m["target"]) for m in config["policy"]["metrics"]] == [("requests_per_node", 100.0)]
+    assert config["policy"]["scale_down"] == {"stabilization_window": 300, "select": "min",
+                                              "policies": [{"type": "nodes", "value": 1.0, "period": 300}]}
+    assert (config["executor"]["type"], config["provider"]["type"], config["inventory"]["type"]) == (
+        "runner", "spare-pool", "file")
+    assert config["token_file"] == "/etc/keel-autoscaler/token"  # noqa: S105  a path
+    assert not mon1.file("/etc/keel-autoscaler/awx-token").exists  # nothing here talks to AWX
+
+
+def test_autoscaler_serves_metrics_on_the_private_address_only(mon1):
+    listening = mon1.check_output("ss -Htlnp 'sport = :9180'")
+    assert "172.30.85.31:9180" in listening and "0.0.0.0:9180" not in listening, listening
+    metrics = autoscaler_metrics()
+    assert metrics["keel_autoscaler_up"] == 1 and metrics["keel_autoscaler_dry_run"] == 1, metrics
+
+
+def test_autoscaler_evaluates_against_prometheus_and_is_scraped(mon1):
+    """Dry-run evaluates every 5 s against the scenario's Prometheus; Prometheus scrapes it (job autoscaler)."""
+    def last_evaluation() -> float:
+        return autoscaler_metrics().get("keel_autoscaler_last_evaluation_timestamp_seconds", 0)
+    assert wait_for(lambda: time.time() - last_evaluation() < 30, timeout=60), last_evaluation()
+    # one app host (node1) against min_nodes 2: it would scale to 2, and being a dry run it does not
+    metrics = autoscaler_metrics()
+    assert (metrics["keel_autoscaler_current_nodes"], metrics["keel_autoscaler_desired_nodes"]) == (1, 2), metrics
+    assert metrics['keel_autoscaler_decisions_total{action="scale_up",gate="dry_run"}'] >= 1, metrics
+    assert sum(v for k, v in metrics.items() if k.startswith("keel_autoscaler_actions_total")) == 0, metrics
+    assert not mon1.file("/var/lib/keel-autoscaler/jobs").exists  # no playbook was started
+    def scraped() -> list:
+        return [(r["metric"]["instance"], r["value"][1]) for r in query('keel_autoscaler_up{job="autoscaler"}')]
+    assert wait_for(lambda: scraped() == [("mon1", "1")], timeout=90), scraped()
+
+
+def test_autoscaler_webhook_and_api_need_the_token(mon1):
+    token = mon1.file("/etc/keel-autoscaler/token").content_string.strip()
+    assert len(token) >= 16
+    notification = {"version": "4", "status": "firing", "receiver": "autoscaler", "groupKey": "molecule",
+                    "alerts": [{"status": "firing", "labels": {"alertname": "KeelTest"}, "fingerprint": "f00d"}]}
+    received = autoscaler_metrics()["keel_autoscaler_webhook_received_total"]
+    assert autoscaler("/v1/alertmanager", "POST", body=notification)[0] == 401
+    wrong = "not-the-token-0123456789"
+    assert autoscaler("/v1/alertmanager", "POST", token=wrong, body=notification)[0] == 401
+    assert autoscaler("/v1/status")[0] == 401
+    status, body = autoscaler("/v1/alertmanager", "POST", token=token, body=notification)
+    assert status == 200, body
+    assert autoscaler_metrics()["keel_autoscaler_webhook_received_total"] == received + 1
+    status, body = autoscaler("/v1/status", token=token)
+    assert status == 200, body
+
+
+def test_autoscaler_restarted_for_the_side_effect_config_change(mon1):
+    """The side effect changed autoscaler_max_nodes: the handler restarted it (new PID) and it serves the value."""
+    before = mon1.file("/root/keel-autoscaler-pid-before-side-effect").content_string.strip()
+    assert mon1.check_output("systemctl show -p MainPID --value keel-autoscaler") not in (before, "0")
+    assert autoscaler_metrics()["keel_autoscaler_max_nodes"] == 5
+
+
 # ---------------------------------------------------------------- bad input (once, on mon1)
 SNAPSHOT = (
-    "{ find /opt/keel /etc/prometheus /etc/alertmanager /etc/blackbox_exporter /etc/systemd/system -xdev"
-    " -printf '%p %s %m %T@\\n' | LC_ALL=C sort;"
-    " systemctl show -p MainPID --value prometheus node_exporter alertmanager blackbox_exporter; } | sha256sum"
+    "{ find /opt/keel /opt/keel-autoscaler /etc/prometheus /etc/alertmanager /etc/blackbox_exporter"
+    " /etc/keel-autoscaler /etc/systemd/system -xdev -printf '%p %s %m %T@\\n' | LC_ALL=C sort;"
+    " systemctl show -p MainPID --value prometheus node_exporter alertmanager blackbox_exporter keel-autoscaler; }"
+    " | sha256sum"
 )
 BROKEN_RULE = {"broken": {"groups": [{"name": "broken", "rules": [{"alert": "Broken", "expr": "sum(up"}]}]}}
 BAD_INPUTS = {
@@ -349,13 +458,16 @@ BAD_INPUTS = {
     "broken_rule_file": (
         {"prometheus_rules_extra": BROKEN_RULE},
         ["promtool check rules", "broken"]),
+    "autoscaler_target_zero": (
+        {"autoscaler_target_requests_per_node": 0},
+        ["autoscaler_metrics must list at least one", "target 0.0", "scripts/bench.sh"]),
 }
 
 
 # Cases the roles' preflights catch (tagged always, first in each role) run the
 # preflights only; the others need the whole converge (download, promtool, amtool).
 PREFLIGHT_CASES = {"scrape_group_that_does_not_exist", "retention_not_a_duration", "external_url_without_a_scheme",
-                   "alertmanager_route_to_an_unknown_receiver"}
+                   "alertmanager_route_to_an_unknown_receiver", "autoscaler_target_zero"}
 PREFLIGHT_ONLY = ("--tags", "keel_no_such_tag")
 
 

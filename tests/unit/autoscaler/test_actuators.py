@@ -48,7 +48,7 @@ def test_runner_forget_runs_site_with_tags(tmp_path):
     ex = runner(tmp_path, "sys.exit(0)\n")
     handle = ex.run("forget", {}, 30, on_launch=lambda h: None)
     argv = json.loads((Path(handle["dir"]) / "report.json").read_text())
-    assert "playbooks/site.yml" in argv and argv[argv.index("--tags") + 1] == "firewall,loadbalancers,monitoring"
+    assert "playbooks/site.yml" in argv and argv[argv.index("--tags") + 1] == "firewall,loadbalancers,prometheus"
 
 
 def test_runner_failure_raises_with_output(tmp_path):
@@ -142,7 +142,7 @@ def test_awx_executor_launches_once_and_polls(tmp_path):
            "remove_template": "keel remove-node", "forget_template": "keel site"}
     ex = AwxExecutor(cfg)
     handle = ex.launch("add", {"keel_new_nodes": ["app3"]})
-    assert handle["id"] == 101 and awx.launches == [{"extra_vars": {"keel_new_nodes": ["app3"]}}]
+    assert handle["id"] == 101 and awx.launches == [{"extra_vars": {"keel_new_nodes": "app3"}}]
     assert ex.poll(handle) == RUNNING
     # the restarted service polls the journalled id
     again = AwxExecutor(cfg)

@@ -53,6 +53,7 @@ def test_check_config_cli(tmp_path, capsys):
     assert "16 characters" in capsys.readouterr().err
     path.write_text(json.dumps(_merge(cfg, {"policy": {"min_nodes": 9}})))
     assert cli.main(["--config", str(path), "check-config", "--no-files"]) == 2
+    assert cli.main(["check-config", "--no-files", "--config", str(path)]) == 2  # either place
 
 
 def test_http_surface(tmp_path):

@@ -100,7 +100,10 @@ class RunnerExecutor(Executor):
         argv += [self.playbook(job), "-e", f"@{jobdir / 'extravars.json'}", "--report", str(jobdir / "report.json"),
                  "--private-data-dir", str(jobdir / "pdd")]
         if job == "forget":
-            argv += ["--tags", self.cfg.get("forget_tags", "firewall,loadbalancers,monitoring")]
+            argv += ["--tags", self.cfg.get("forget_tags", "firewall,loadbalancers,prometheus")]
+        if job == "add" and self.cfg.get("add_skip_tags"):
+            # a warm pool whose hosts site.yml already baselined and hardened may skip those layers
+            argv += ["--skip-tags", self.cfg["add_skip_tags"]]
         return argv
 
     def launch(self, job: str, extra_vars: dict[str, Any]) -> dict[str, Any]:
@@ -186,9 +189,14 @@ class AwxExecutor(Executor):
         if not template:
             raise JobFailed(f"no AWX template configured for {job}")
         tid = self.api.find_id("job_templates", template)
+        # AWX surveys ask for the node lists as text (a survey cannot take a list)
+        extra_vars = {k: ",".join(v) if isinstance(v, list) and k in ("keel_new_nodes", "keel_remove_nodes") else v
+                      for k, v in extra_vars.items()}
         body: dict[str, Any] = {"extra_vars": {**self.cfg.get("extra_vars", {}), **extra_vars}}
         if job == "forget":
-            body["job_tags"] = self.cfg.get("forget_tags", "firewall,loadbalancers,monitoring")
+            body["job_tags"] = self.cfg.get("forget_tags", "firewall,loadbalancers,prometheus")
+        if job == "add" and self.cfg.get("add_skip_tags"):
+            body["skip_tags"] = self.cfg["add_skip_tags"]
         try:
             answer = self.api.post(f"/api/v2/job_templates/{tid}/launch/", body)
         except ApiError as exc:
