@@ -125,8 +125,22 @@ class Running:
             self.proc.send_signal(sig)
             self.proc.wait(30)
 
-    def stop(self) -> None:
+    def stop(self, wait_jobs: float = 1200) -> None:
+        """Stop the service, then wait for a playbook job it left running (jobs run in their own
+        session and outlive it, by design): the next test must not meet a half-done action."""
         self.kill(signal.SIGTERM)
+        jobs = Path(self.cfg["state_dir"]) / "jobs"
+        deadline = time.monotonic() + wait_jobs
+        def running(job: Path) -> bool:
+            if (job / "rc").exists():
+                return False
+            try:
+                os.kill(int((job / "pid").read_text()), 0)
+            except (OSError, ValueError):
+                return False
+            return True
+        while jobs.exists() and any(running(j) for j in jobs.iterdir()) and time.monotonic() < deadline:
+            time.sleep(2)
 
     def metrics_text(self) -> str:
         url = f"http://127.0.0.1:{self.cfg['listen']['port']}/metrics"

@@ -35,7 +35,9 @@ DEFAULTS: dict[str, Any] = {
         "ready_query": 'min by (host) (keel_app_ready{job="app"})',
         "busy_query": 'sum by (host) (label_replace(haproxy_server_current_sessions{proxy="app"},'
                       ' "host", "$1", "server", "(.*)-[0-9]+"))',
-        "lock_query": "max by (owner) (keel_lifecycle_lock_held) > 0",
+        # held and not expired (an expired lock stays in the textfile until the next run rewrites it)
+        "lock_query": "max by (owner) (keel_lifecycle_lock_held > 0 and on (instance)"
+                      " (keel_lifecycle_lock_expires_timestamp_seconds > time()))",
         "node_label": "host",
     },
     "policy": {

@@ -296,9 +296,21 @@ class Autoscaler:
         error = ""
         try:
             ok = self._scale_up(intent) if direction == d.UP else self._scale_down(intent)
-        except Exception as exc:
+        except Exception as exc:  # any failure ends the action with a back-off, never a crash
             error = f"{type(exc).__name__}: {exc}"
+        if not ok and (self.state.intent or {}).get("job"):
+            self._release_lock(intent)
         self._finish(intent, ok, error, t0)
+
+    def _release_lock(self, intent: dict[str, Any]) -> None:
+        """A playbook that failed keeps the lifecycle lock for its owner (a half-done change must not
+        meet a deploy); the autoscaler has undone what it could, so it frees its own lock: a deploy
+        by an operator must not wait for the lock to expire. Another owner's lock is left alone."""
+        try:
+            self.executor.run("lock", {"keel_lifecycle_lock_state": "released",
+                                       "keel_lifecycle_lock_owner": self.owner}, 600, on_launch=lambda h: None)
+        except Exception as exc:  # logged: the lock then expires by its TTL
+            self.log(json.dumps({"event": "lock_release_failed", "intent": intent.get("id"), "error": str(exc)}))
 
     def _finish(self, intent: dict[str, Any], ok: bool, error: str, t0: float) -> None:
         now = self.clock()

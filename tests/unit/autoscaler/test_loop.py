@@ -267,7 +267,9 @@ def test_new_host_never_ready_is_undone(rig):
     serve_load(prom, 400, ["app1", "app2"])
     scaler.evaluate()
     scaler.wait_idle(10)
-    assert [j for j, _ in ex.launched] == ["add", "forget"]
+    # add-node failed, the forget job took the host out, then the autoscaler freed its own lock
+    assert [j for j, _ in ex.launched] == ["add", "forget", "lock"]
+    assert ex.launched[-1][1] == {"keel_lifecycle_lock_state": "released", "keel_lifecycle_lock_owner": "keel-autoscaler"}
     assert scaler.inventory.managed() == {}
     assert prov.released == [(["app3", "app4"], True)]
     assert scaler.state.intent is None and scaler.state.backoff_seconds == 180

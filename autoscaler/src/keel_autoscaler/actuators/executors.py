@@ -120,6 +120,7 @@ class RunnerExecutor(Executor):
                                 cwd=self.project, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
         log.close()
+        (jobdir / "pid").write_text(f"{proc.pid}\n")
         return {"executor": self.kind, "id": job_id, "job": job, "pid": proc.pid, "dir": str(jobdir)}
 
     def poll(self, handle: dict[str, Any]) -> str:
@@ -186,6 +187,8 @@ class AwxExecutor(Executor):
 
     def launch(self, job: str, extra_vars: dict[str, Any]) -> dict[str, Any]:
         template = self.cfg.get(self.TEMPLATES[job])
+        if not template and job == "lock":
+            template = "keel lifecycle lock"
         if not template:
             raise JobFailed(f"no AWX template configured for {job}")
         tid = self.api.find_id("job_templates", template)
