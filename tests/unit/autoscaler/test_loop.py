@@ -269,7 +269,8 @@ def test_new_host_never_ready_is_undone(rig):
     scaler.wait_idle(10)
     # add-node failed, the forget job took the host out, then the autoscaler freed its own lock
     assert [j for j, _ in ex.launched] == ["add", "forget", "lock"]
-    assert ex.launched[-1][1] == {"keel_lifecycle_lock_state": "released", "keel_lifecycle_lock_owner": "keel-autoscaler"}
+    released = {"keel_lifecycle_lock_state": "released", "keel_lifecycle_lock_owner": "keel-autoscaler"}
+    assert ex.launched[-1][1] == released
     assert scaler.inventory.managed() == {}
     assert prov.released == [(["app3", "app4"], True)]
     assert scaler.state.intent is None and scaler.state.backoff_seconds == 180
