@@ -74,7 +74,6 @@ class Lab:
                          # this scenario's app hosts run the app role alone (hardening is proven in the
                          # roles' own scenarios), and so do its spares; keel's firewall does not run here
                          "add_skip_tags": "common,hardening",
-                         "forget_tags": "loadbalancers,prometheus",
                          "envvars": {"ANSIBLE_CONFIG": str(self.project / "ansible.cfg")}},
             "provider": {"type": "spare-pool", "group": "app_spare"},
             "inventory": {"type": "file", "path": str(self.overlay), "group": "app"},

@@ -179,7 +179,7 @@ def test_awx_and_command_variant_is_accepted_by_the_package(run):
     assert config["executor"] == {
         "type": "awx", "url": "https://awx.example.test", "token_file": "/etc/keel-autoscaler/awx-token",
         "ca_file": "/etc/ssl/awx-ca.pem", "add_template": "keel add-node", "remove_template": "keel remove-node",
-        "forget_template": "keel site", "poll_interval": 10, "timeout": 3600}
+        "forget_template": "keel forget-node", "poll_interval": 10, "timeout": 3600}
     assert config["inventory"] == {"type": "awx", "url": "https://awx.example.test", "inventory_id": 3,
                                    "token_file": "/etc/keel-autoscaler/awx-token", "ca_file": "/etc/ssl/awx-ca.pem",
                                    "group": "app"}

@@ -28,6 +28,7 @@ EXPECTED_PLAYBOOKS = {
     "playbooks/rollback.yml",
     "playbooks/add-node.yml",
     "playbooks/remove-node.yml",
+    "playbooks/forget-node.yml",
     "playbooks/security-audit.yml",
 }
 # Fields of AWX's /api/v2/job_templates/ (and awx.awx.job_template); credentials and

@@ -44,11 +44,15 @@ def test_runner_success_and_its_command_line(tmp_path):
     assert extra == {"keel_new_nodes": ["app3"]}
 
 
-def test_runner_forget_runs_site_with_tags(tmp_path):
+def test_runner_forget_runs_forget_node(tmp_path):
     ex = runner(tmp_path, "sys.exit(0)\n")
     handle = ex.run("forget", {}, 30, on_launch=lambda h: None)
     argv = json.loads((Path(handle["dir"]) / "report.json").read_text())
-    assert "playbooks/site.yml" in argv and argv[argv.index("--tags") + 1] == "firewall,loadbalancers,prometheus"
+    assert "playbooks/forget-node.yml" in argv and "--tags" not in argv
+    ex.cfg["forget_tags"] = "loadbalancers"
+    handle = ex.run("forget", {}, 30, on_launch=lambda h: None)
+    argv = json.loads((Path(handle["dir"]) / "report.json").read_text())
+    assert argv[argv.index("--tags") + 1] == "loadbalancers"
 
 
 def test_runner_failure_raises_with_output(tmp_path):

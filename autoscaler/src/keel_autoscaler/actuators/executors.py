@@ -90,7 +90,7 @@ class RunnerExecutor(Executor):
 
     def playbook(self, job: str) -> str:
         defaults = {"add": "playbooks/add-node.yml", "remove": "playbooks/remove-node.yml",
-                    "forget": "playbooks/site.yml", "lock": "playbooks/lifecycle-lock.yml"}
+                    "forget": "playbooks/forget-node.yml", "lock": "playbooks/lifecycle-lock.yml"}
         return self.cfg.get(self.PLAYBOOKS[job]) or defaults[job]
 
     def argv(self, job: str, jobdir: Path) -> list[str]:
@@ -99,8 +99,8 @@ class RunnerExecutor(Executor):
             argv += ["-i", inv]
         argv += [self.playbook(job), "-e", f"@{jobdir / 'extravars.json'}", "--report", str(jobdir / "report.json"),
                  "--private-data-dir", str(jobdir / "pdd")]
-        if job == "forget":
-            argv += ["--tags", self.cfg.get("forget_tags", "firewall,loadbalancers,prometheus")]
+        if job == "forget" and self.cfg.get("forget_tags"):
+            argv += ["--tags", self.cfg["forget_tags"]]
         if job == "add" and self.cfg.get("add_skip_tags"):
             # a warm pool whose hosts site.yml already baselined and hardened may skip those layers
             argv += ["--skip-tags", self.cfg["add_skip_tags"]]
@@ -196,8 +196,8 @@ class AwxExecutor(Executor):
         extra_vars = {k: ",".join(v) if isinstance(v, list) and k in ("keel_new_nodes", "keel_remove_nodes") else v
                       for k, v in extra_vars.items()}
         body: dict[str, Any] = {"extra_vars": {**self.cfg.get("extra_vars", {}), **extra_vars}}
-        if job == "forget":
-            body["job_tags"] = self.cfg.get("forget_tags", "firewall,loadbalancers,prometheus")
+        if job == "forget" and self.cfg.get("forget_tags"):
+            body["job_tags"] = self.cfg["forget_tags"]
         if job == "add" and self.cfg.get("add_skip_tags"):
             body["skip_tags"] = self.cfg["add_skip_tags"]
         try:
