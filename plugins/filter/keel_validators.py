@@ -47,10 +47,75 @@ def keel_invalid_settings(settings: object, key_pattern: str, value_pattern: str
             if not (isinstance(key, str) and key_re.match(key) and value_re.match(str(value)))]
 
 
+def keel_inventory_problems(hosts: object, groups: object) -> list:
+    """What makes an inventory inconsistent across hosts, one sentence per problem.
+
+    hosts: a list of {name, ip, host, port, connection} (keel_private_ip, ansible_host,
+    ansible_port, ansible_connection of each inventory host), or its JSON text;
+    groups: the inventory's groups. Checked: every keel_private_ip is an IP address
+    that can be reached from another host (not unspecified or multicast; not loopback
+    unless the host is the controller itself, connection local), no
+    two hosts share one, no two host names differ only in case, no two hosts are one
+    machine (same connection, address and port), and no host is serving and spare at
+    once (groups app and app_spare).
+    """
+    import ipaddress
+    import json
+
+    if isinstance(hosts, str):
+        hosts = json.loads(hosts)
+    if not isinstance(hosts, list) or not isinstance(groups, dict):
+        raise AnsibleFilterError("keel_inventory_problems needs a list of hosts and the groups mapping")
+    problems: list[str] = []
+
+    def shared(kind: str, by: dict) -> None:
+        for key, names in sorted(by.items()):
+            if len(names) > 1:
+                problems.append(f"hosts {', '.join(sorted(names))} share {kind} {key}")
+
+    ips: dict[str, list[str]] = {}
+    lowered: dict[str, list[str]] = {}
+    machines: dict[str, list[str]] = {}
+    for entry in hosts:
+        name = str(entry.get("name"))
+        lowered.setdefault(name.lower(), []).append(name)
+        raw = str(entry.get("ip") or "").strip()
+        connection = str(entry.get("connection") or "ssh").rsplit(".", 1)[-1]
+        if raw:
+            try:
+                ip = ipaddress.ip_address(raw)
+            except ValueError:
+                problems.append(f"host {name}: keel_private_ip '{raw}' is not an IP address")
+            else:
+                remote_loopback = ip.is_loopback and len(hosts) > 1 and connection != "local"
+                if ip.is_unspecified or ip.is_multicast or remote_loopback:
+                    problems.append(f"host {name}: keel_private_ip {raw} cannot be reached from the other hosts "
+                                    "(loopback, unspecified or multicast): give the host's private address")
+                ips.setdefault(str(ip), []).append(name)
+        if connection != "local":
+            where = f"{connection}://{entry.get('host') or name}:{entry.get('port') or 'default'}"
+            machines.setdefault(where, []).append(name)
+    shared("keel_private_ip", ips)
+    for names in lowered.values():
+        if len(set(names)) > 1:
+            problems.append(f"host names {', '.join(sorted(set(names)))} differ only in case "
+                            "(DNS does not tell them apart)")
+    for where, names in sorted(machines.items()):
+        if len(names) > 1:
+            problems.append(f"hosts {', '.join(sorted(names))} are the same machine ({where}): "
+                            "one inventory name per host")
+    both = sorted(set(groups.get("app") or []) & set(groups.get("app_spare") or []))
+    if both:
+        problems.append(f"host(s) {', '.join(both)} are in both app (serving) and app_spare "
+                        "(idle spares): a host is one or the other")
+    return problems
+
+
 class FilterModule:
     def filters(self):
         return {
             "keel_timezone_valid": keel_timezone_valid,
             "keel_invalid_ssh_keys": keel_invalid_ssh_keys,
             "keel_invalid_settings": keel_invalid_settings,
+            "keel_inventory_problems": keel_inventory_problems,
         }

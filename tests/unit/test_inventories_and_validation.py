@@ -85,7 +85,10 @@ def write_inventory(tmp_path: Path, groups: dict[str, dict[str, dict]]) -> Path:
             "ansible_user": "keel-test",
             "ansible_ssh_common_args": "-o ProxyCommand=/bin/false -o ConnectTimeout=2",
         },
-        "children": {group: {"hosts": members} for group, members in groups.items()},
+        # each host its own (unreachable) machine: validate.yml refuses two names for one
+        "children": {group: {"hosts": {name: {"ansible_host": (v or {}).get("keel_private_ip") or f"192.0.2.{200 + i}",
+                                               **(v or {})} for i, (name, v) in enumerate(members.items())}}
+                     for group, members in groups.items()},
     }}}}
     (inv / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
     return inv / "hosts.yml"

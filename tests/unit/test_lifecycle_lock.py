@@ -237,13 +237,16 @@ def test_the_race_test_catches_a_lock_without_flock(tmp_path):
 def inventory(tmp_path: Path, **extra) -> Path:
     """Every host on a local connection; the lock and the textfile under tmp_path."""
     (tmp_path / "textfile").mkdir(exist_ok=True)
-    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable,
-             "keel_private_ip": "127.0.0.1"}
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+
+    def at(last: int) -> dict:  # validate.yml refuses two hosts with one keel_private_ip
+        return {**local, "keel_private_ip": f"127.0.0.{last}"}
     inv = {"all": {
         "vars": {"ansible_become": False, "keel_lifecycle_lock_path": str(tmp_path / "keel" / "lock.json"),
                  "keel_lifecycle_lock_textfile_dir": str(tmp_path / "textfile"), **extra},
-        "children": {"loadbalancers": {"hosts": {"lb1": local}}, "app": {"hosts": {"app1": local, "app2": local}},
-                     "monitoring": {"hosts": {"mon1": local}}}}}
+        "children": {"loadbalancers": {"hosts": {"lb1": at(11)}},
+                     "app": {"hosts": {"app1": at(21), "app2": at(22)}},
+                     "monitoring": {"hosts": {"mon1": at(31)}}}}}
     path = tmp_path / "hosts.yml"
     path.write_text(yaml.safe_dump(inv))
     return path
@@ -328,7 +331,8 @@ def test_an_unreachable_lock_host_stops_the_playbook_before_any_host_changes(tmp
         path = real(tmp, **extra)
         inv = yaml.safe_load(path.read_text())
         inv["all"]["children"]["monitoring"]["hosts"]["mon1"] = {
-            "ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1, "keel_private_ip": "127.0.0.1"}
+            "ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1,
+            "keel_private_ip": "192.0.2.31"}
         path.write_text(yaml.safe_dump(inv))
         return path
 

@@ -91,7 +91,10 @@ def unreachable_inventory(tmp_path: Path, app: tuple[str, ...] = ("app1", "app2"
     hosts = {"all": {"children": {"keeltest": {
         "vars": {"ansible_connection": "ssh", "ansible_host": "192.0.2.1", "ansible_user": "keel-test",
                  "ansible_ssh_common_args": "-o ProxyCommand=/bin/false -o ConnectTimeout=2"},
-        "children": {group: {"hosts": members} for group, members in groups.items()},
+        # each host its own (unreachable) machine: validate.yml refuses two names for one
+        "children": {group: {"hosts": {name: {"ansible_host": (v or {}).get("keel_private_ip") or f"192.0.2.{200 + i}",
+                                               **(v or {})} for i, (name, v) in enumerate(members.items())}}
+                     for group, members in groups.items()},
     }}}}
     (inv / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
     return inv / "hosts.yml"
@@ -185,11 +188,16 @@ class Fleet:
         self.base.mkdir()
         self.hosts: dict[str, dict[str, dict]] = {"loadbalancers": {}, "app": {}}
         self.local = {"ansible_connection": "local", "ansible_become": False,
-                      "ansible_python_interpreter": sys.executable, "keel_private_ip": "127.0.0.1"}
+                      "ansible_python_interpreter": sys.executable}  # keel_private_ip: one per host, below
         self.lb("lb1")
 
+    def _address(self) -> str:
+        """A loopback address of its own per host (validate.yml refuses two hosts with one)."""
+        self.addresses = getattr(self, "addresses", 0) + 1
+        return f"127.0.0.{10 + self.addresses}"
+
     def lb(self, name: str) -> None:
-        self.hosts["loadbalancers"][name] = dict(self.local)
+        self.hosts["loadbalancers"][name] = {**self.local, "keel_private_ip": self._address()}
 
     def app(self, name: str, version: str | None = None, sha: str = SHA, record: bool = True,
             tarball: bytes | None = TARBALL) -> Path:
@@ -205,12 +213,13 @@ class Fleet:
                     "format": "wheelhouse", "command": "", "strip_components": 1, "url": ""}))
             if tarball is not None:
                 (root / "downloads" / f"keel-app-{version}.tar.gz").write_bytes(tarball)
-        self.hosts["app"][name] = {**self.local, "app_root": str(root)}
+        self.hosts["app"][name] = {**self.local, "app_root": str(root), "keel_private_ip": self._address()}
         return root
 
     def unreachable_app(self, name: str) -> None:
-        self.hosts["app"][name] = {"ansible_connection": "ssh", "ansible_host": "192.0.2.1",
-                                   "keel_private_ip": "192.0.2.9",
+        last = 100 + len(self.hosts["app"])  # one machine and one address per host
+        self.hosts["app"][name] = {"ansible_connection": "ssh", "ansible_host": f"192.0.2.{last}",
+                                   "keel_private_ip": f"192.0.2.{last}",
                                    "ansible_ssh_common_args": "-o ProxyCommand=/bin/false -o ConnectTimeout=2"}
 
     @property
@@ -493,10 +502,10 @@ def test_remove_node_puts_every_node_back_when_one_drain_times_out(tmp_path, hap
     inv.write_text(yaml.safe_dump({"all": {
         "vars": {"keel_lifecycle_lock_path": str(lock), "keel_lifecycle_lock_textfile_dir": str(tmp_path / "none")},
         "children": {
-            "loadbalancers": {"hosts": {"lb1": {**local, "keel_private_ip": "127.0.0.1",
+            "loadbalancers": {"hosts": {"lb1": {**local, "keel_private_ip": "127.0.0.11",
                                                 "haproxy_runtime_api_socket": str(haproxy3["sock"])}}},
-            "app": {"hosts": {h: {**local, "keel_private_ip": "127.0.0.1", "fake_units": units}
-                              for h in ("app2", "app3", "app4")}}}}}))
+            "app": {"hosts": {h: {**local, "keel_private_ip": f"127.0.0.{20 + i}", "fake_units": units}
+                              for i, h in enumerate(("app2", "app3", "app4"))}}}}}))
     client, answers = hold_a_long_request(haproxy3)
 
     env = ansible_env(tmp_path)

@@ -290,7 +290,7 @@ class KeelApp:
     async def _slow(self, scope: Scope, request_id: str) -> Result:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         raw = query.get("ms", ["1000"])[-1]
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):  # "²" is a digit to isdigit(), not to int()
             return 400, _json({"error": "ms must be a whole number of milliseconds"}), JSON
         ms = min(int(raw), SLOW_MAX_MS)
         await self._sleep(ms / 1000)
@@ -299,7 +299,8 @@ class KeelApp:
     async def _api_root(self, scope: Scope, request_id: str) -> Result:
         status, backend = await self._call_backend(request_id)
         if status != 200:
-            return status, _json({**self._identity, "error": "backend unavailable", "detail": backend}), JSON
+            # the cause (exception text, addresses) goes to the log, never to the client
+            return status, _json({**self._identity, "error": "backend unavailable"}), JSON
         return 200, _json({**self._identity, "backend": backend}), JSON
 
     async def _call_backend(self, request_id: str) -> tuple[int, Any]:

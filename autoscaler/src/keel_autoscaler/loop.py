@@ -52,6 +52,9 @@ class Autoscaler:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._worker: threading.Thread | None = None
+        # After a successful action: the nodes Prometheus must show (or no longer show)
+        # before the next action may start, and until when to wait for that.
+        self._settle: dict[str, Any] | None = None
         self._seen: dict[tuple, float] = {}
         self.last_decision: d.Decision | None = None
         self.last_observation: dict[str, Any] = {}
@@ -183,6 +186,7 @@ class Autoscaler:
             decision = d.decide(self.policy, state, obs, now, self.mode, self.state_error)
             if worker_busy and decision.gate == "none" and decision.action != "none":
                 decision = replace(decision, action="none", gate="in_flight", reason="an action is under way")
+            decision = self._settled(decision, obs, now)
             self.state = d.record(self.policy, state, decision, now)
             if self.state.direction_changes != state.direction_changes:
                 self.metrics.inc("keel_autoscaler_direction_changes_total")
@@ -195,6 +199,7 @@ class Autoscaler:
             if decision.gate == "dry_run":
                 entry["result"] = f"dry-run: would scale to {decision.desired}"
             started = None
+            self.last_observation = entry  # the action's worker reads the serving nodes from it
             if decision.action != "none" and decision.gate == "none":
                 started = self.start_action(decision, obs, now)
                 entry["result"] = f"started {started['id']}" if started else "not started"
@@ -206,6 +211,29 @@ class Autoscaler:
         self.audit.write(entry)
         self.log(json.dumps(entry, sort_keys=True, default=str))
         return entry
+
+    def _settled(self, decision: d.Decision, obs: d.Observation, now: float) -> d.Decision:
+        """No new action on an observation that does not show the last action's result yet.
+
+        A playbook that ended has changed the inventory, HAProxy and Prometheus, but the next
+        evaluation (woken at once) can still read the old node count from Prometheus: acting
+        on it would repeat the scale-out (seen in the lab: 2 -> 3, then "2 -> 3" again).
+        Waits until the added nodes are seen (the removed ones gone), at most 4 intervals.
+        """
+        settle = self._settle
+        if settle is None:
+            return decision
+        names = {n.name for n in obs.nodes}
+        nodes = set(settle["nodes"])
+        shown = nodes <= names if settle["direction"] == d.UP else not nodes & names
+        if shown or now >= settle["until"]:
+            self._settle = None
+            return decision
+        if decision.gate == "none" and decision.action != "none":
+            return replace(decision, action="none", gate="in_flight",
+                           reason="waiting for Prometheus to show the last action's nodes "
+                                  f"({', '.join(sorted(nodes))})")
+        return decision
 
     def _export(self, decision: d.Decision, obs: d.Observation, now: float) -> None:
         m = self.metrics
@@ -320,6 +348,9 @@ class Autoscaler:
             self.state = d.action_finished(self.policy, self.state, current["direction"], current["before"],
                                            after, ok, now)
             self.save()
+            if ok and current.get("nodes"):
+                self._settle = {"direction": current["direction"], "nodes": list(current["nodes"]),
+                                "until": now + 4 * self.policy.evaluation_interval}
         result = "success" if ok else ("aborted" if current.get("aborted") else "failure")
         self.metrics.inc("keel_autoscaler_actions_total", direction=current["direction"], result=result)
         self.metrics.observe("keel_autoscaler_action_duration_seconds", now - float(current.get("started", t0)),

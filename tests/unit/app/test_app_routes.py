@@ -93,6 +93,10 @@ def test_slow_route(make_app: Any, running: Any) -> None:
             assert capped.json()["slept_ms"] == 5000
             bad = await client.get("/slow", params={"ms": "-5"})
             assert bad.status_code == 400
+            # a Unicode digit ("²", %C2%B2) passes str.isdigit() but not int(): 400, not 500
+            for raw in ("\u00b2", "\u0663", "1\u00b2"):
+                odd = await client.get("/slow", params={"ms": raw})
+                assert odd.status_code == 400, (raw, odd.status_code)
 
     asyncio.run(scenario())
     assert slept == [0.02, 5.0]
@@ -187,6 +191,7 @@ def test_backend_failure_is_an_error_metric(make_app: Any, running: Any) -> None
             down = await client.get("/")
             assert down.status_code == 502
             assert down.json()["error"] == "backend unavailable"
+            assert "detail" not in down.json() and "refused" not in down.text  # the cause is logged, not told
             text = (await client.get("/metrics")).text
         samples = metric_samples(text)
         assert ("keel_app_request_errors_total", {"route": "/", "status": "502"}, 1.0) in samples

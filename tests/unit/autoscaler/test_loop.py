@@ -145,6 +145,37 @@ def test_scale_out_adds_two_spares_in_one_job(rig):
     assert scaler.metrics.get("keel_autoscaler_actions_total", direction="up", result="success") == 1
 
 
+def test_no_second_scale_out_until_prometheus_shows_the_first(rig):
+    """Seen in the lab: the evaluation woken by the end of 2 -> 3 still read 2 nodes and added a 4th
+    as "2 -> 3". The next action waits until the added node is seen (at most 4 intervals)."""
+    scaler, clock, prom, ex, _prov = rig()
+    serve_load(prom, 300, ["app1", "app2"])  # 150 per node against 100: 3 nodes
+    assert scaler.evaluate()["desired"] == 3
+    assert scaler.wait_idle(10)
+    clock.t += 5  # the evaluation woken by the end of the action (+2 per period allows one more)
+    serve_load(prom, 400, ["app1", "app2"])  # Prometheus does not show app3 yet
+    held = scaler.evaluate()
+    assert (held["action"], held["gate"]) == ("none", "in_flight") and "app3" in held["reason"], held
+    # now it does (young app3 counts as 0 load on scale-up: 200 + 200 + 0 over 3 nodes): one more action
+    serve_load(prom, 600, ["app1", "app2", "app3"])
+    entry = scaler.evaluate()
+    assert (entry["action"], entry["current"], entry["desired"]) == ("scale_up", 3, 4), entry
+    assert scaler.wait_idle(10)
+    assert [v["keel_new_nodes"] for _, v in ex.launched if "keel_new_nodes" in v] == [["app3"], ["app4"]]
+
+
+def test_an_action_that_is_never_seen_holds_the_next_one_at_most_four_intervals(rig):
+    scaler, clock, prom, _ex, _prov = rig()
+    serve_load(prom, 300, ["app1", "app2"])
+    scaler.evaluate()
+    assert scaler.wait_idle(10)
+    clock.t += 5
+    serve_load(prom, 400, ["app1", "app2"])
+    assert scaler.evaluate()["gate"] == "in_flight"
+    clock.t += 4 * scaler.policy.evaluation_interval
+    assert scaler.evaluate()["action"] == "scale_up"
+
+
 def test_restart_keeps_the_cooldown(rig):
     scaler, clock, prom, _ex, _ = rig()
     serve_load(prom, 400, ["app1", "app2"])

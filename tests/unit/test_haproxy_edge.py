@@ -1,0 +1,326 @@
+"""The public frontend of roles/haproxy, rendered from the role's template and run in a real HAProxy.
+
+What the internet may and may not do at the edge (security review H4, M3, L2, L3): internal
+paths (/metrics, /healthz, /readyz, /slow) answer 404 however they are spelt, only the
+allowed methods pass, a body above the limit is refused, client address and trace headers
+never reach the app, header names with "_" are refused, per-source connection and request
+limits hold, HAProxy's own answers carry the security headers, and the request ID is random.
+Skipped where Debian's haproxy is not installed (scripts/setup.sh installs it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    """The app: answers every method with the request's path and headers as JSON."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        body = json.dumps({"path": self.path, "method": self.command,
+                           "headers": [[k.lower(), v] for k, v in self.headers.items()]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def render(tmp_path: Path, **overrides) -> tuple[Path, dict]:
+    """haproxy.cfg from the role's template, defaults and vars, on local ports."""
+    ports = {"haproxy_http_port": free_port(), "haproxy_https_port": free_port(), "haproxy_stats_port": free_port()}
+    backend = free_port()
+    extra = {"ansible_managed": "test", "haproxy_bind_address": "127.0.0.1", "haproxy_stats_bind_address": "127.0.0.1",
+             "haproxy_runtime_api_socket": str(tmp_path / "admin.sock"), "__haproxy_stats_password": "s3cret-stats",
+             "__haproxy_servers": [{"name": "app1-8000", "address": "127.0.0.1", "port": backend}],
+             "haproxy_maxconn": 2000, "haproxy_health_check_path": "/readyz", **ports, **overrides}
+    (tmp_path / "extra.json").write_text(json.dumps(extra))
+    play = tmp_path / "render.yml"
+    play.write_text(yaml.safe_dump([{
+        "hosts": "localhost", "gather_facts": False,
+        "vars_files": [str(ROOT / "roles/haproxy/defaults/main.yml"), str(ROOT / "roles/haproxy/vars/main.yml")],
+        "tasks": [{"ansible.builtin.template": {
+            "src": str(ROOT / "roles/haproxy/templates/etc/haproxy/haproxy.cfg.j2"),
+            "dest": str(tmp_path / "haproxy.cfg"), "mode": "0600"}}]}]))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
+               ANSIBLE_NOCOLOR="1")
+    res = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(play),
+                          "-e", f"@{tmp_path / 'extra.json'}", "-e", f"ansible_python_interpreter={sys.executable}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    pem = tmp_path / "site.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
+                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    pem.write_text((tmp_path / "cert.pem").read_text() + (tmp_path / "key.pem").read_text())
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(cfg.read_text().replace("/etc/haproxy/certs/site.pem", str(pem))
+                   .replace("log /dev/log local0", "log stderr local0"))
+    return cfg, {**ports, "backend": backend}
+
+
+def start(tmp_path: Path, **overrides):
+    cfg, ports = render(tmp_path, **overrides)
+    check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", ports["backend"]), Echo)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if request_(ports, "GET", "/probe")[0] == 200:
+                break
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("HAProxy did not answer: " + proc.stderr.read().decode()[-2000:])
+    yield ports
+    proc.terminate()
+    proc.wait(10)
+    app.shutdown()
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory):
+    """The role's defaults."""
+    yield from start(tmp_path_factory.mktemp("edge"))
+
+
+@pytest.fixture
+def edge_with(tmp_path, request):
+    """The role's defaults with request.param's values."""
+    yield from start(tmp_path, **request.param)
+
+
+def tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def request_(ports: dict, method: str, path: str, headers: dict | None = None, body: bytes | None = None,
+             raw_headers: list[tuple[str, str]] | None = None) -> tuple[int, dict, bytes]:
+    """One HTTPS request on its own connection, written by hand so nothing is normalised on the way."""
+    with socket.create_connection(("127.0.0.1", ports["haproxy_https_port"]), timeout=10) as raw, \
+            tls().wrap_socket(raw) as conn:
+        lines = [f"{method} {path} HTTP/1.1", "Host: edge.test", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        lines += [f"{k}: {v}" for k, v in raw_headers or []]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if body:
+            with contextlib.suppress(OSError):  # HAProxy may answer and close before the whole body is read
+                conn.sendall(body)
+        data = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except (ssl.SSLError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split()[1])
+    got = {}
+    for line in header_lines:
+        k, _, v = line.partition(":")
+        got[k.strip().lower()] = v.strip()
+    return status, got, payload
+
+
+def seen_by_app(ports: dict, **kwargs) -> dict:
+    status, _, payload = request_(ports, "GET", "/", **kwargs)
+    assert status == 200, (status, payload)
+    seen: dict[str, list[str]] = {}
+    for k, v in json.loads(payload)["headers"]:
+        seen.setdefault(k, []).append(v)
+    return seen
+
+
+@pytest.mark.parametrize("path", [
+    "/metrics", "/healthz", "/readyz", "/slow?ms=5000", "/METRICS", "/%6Detrics", "/%2Fmetrics", "//metrics",
+    "/./metrics", "/metrics/", "/metrics/x", "/slow/", "/Readyz?x=1",
+])
+def test_internal_paths_answer_404_at_the_edge(edge, path):
+    status, headers, _ = request_(edge, "GET", path)
+    assert status == 404, (path, status)
+    assert headers.get("strict-transport-security", "").startswith("max-age=")  # HAProxy's own answers too
+
+
+@pytest.mark.parametrize("path", ["/", "/hello", "/metricsx", "/api/metrics", "/slowly"])
+def test_other_paths_reach_the_app(edge, path):
+    status, _, payload = request_(edge, "GET", path)
+    assert status == 200 and json.loads(payload)["path"] == path
+
+
+@pytest.mark.parametrize(("method", "status"), [
+    ("GET", 200), ("HEAD", 200), ("OPTIONS", 200), ("POST", 405), ("PUT", 405), ("DELETE", 405), ("PATCH", 405),
+    ("TRACE", 405), ("CONNECT", 405),
+])
+def test_only_the_allowed_methods_pass(edge, method, status):
+    path = "edge.test:443" if method == "CONNECT" else "/"
+    got = request_(edge, method, path)[0]
+    assert got == status or (method == "CONNECT" and got in (400, 405)), (method, got)
+
+
+@pytest.mark.parametrize("edge_with", [{"haproxy_allowed_methods": ["GET", "HEAD", "POST"]}], indirect=True)
+def test_a_body_above_the_limit_is_refused(edge_with):
+    edge = edge_with
+    assert request_(edge, "POST", "/", body=b"x" * 1000)[0] == 200
+    assert request_(edge, "POST", "/", body=b"x" * (2 * 1024 * 1024))[0] == 413
+
+
+def test_client_address_and_trace_headers_never_reach_the_app(edge):
+    seen = seen_by_app(edge, headers={
+        "X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6",
+        "X-Forwarded-Host": "evil.test", "X-Forwarded-Proto": "http",
+        "traceparent": "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01", "tracestate": "k=v"})
+    assert seen["x-forwarded-for"] == ["127.0.0.1"]  # HAProxy's own, alone
+    assert seen["x-forwarded-proto"] == ["https"]
+    for name in ("forwarded", "x-real-ip", "x-forwarded-host", "traceparent", "tracestate"):
+        assert name not in seen, (name, seen)
+
+
+@pytest.mark.parametrize("edge_with", [{"haproxy_trust_client_trace_headers": True}], indirect=True)
+def test_trace_headers_kept_when_trusted(edge_with):
+    edge = edge_with
+    parent = "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"
+    assert seen_by_app(edge, headers={"traceparent": parent})["traceparent"] == [parent]
+
+
+def test_a_header_name_with_an_underscore_is_refused(edge):
+    assert request_(edge, "GET", "/", raw_headers=[("x_forwarded_for", "6.6.6.6")])[0] == 403  # HAProxy refuses it
+
+
+def test_request_ids_are_random_and_a_sane_one_is_kept(edge):
+    ids = {request_(edge, "GET", "/")[1]["x-request-id"] for _ in range(3)}
+    assert len(ids) == 3 and all(UUID4.match(i) for i in ids), ids
+    assert request_(edge, "GET", "/", headers={"X-Request-ID": "abc-123"})[1]["x-request-id"] == "abc-123"
+    assert UUID4.match(request_(edge, "GET", "/", headers={"X-Request-ID": "bad id <x>"})[1]["x-request-id"])
+
+
+@pytest.mark.parametrize("edge_with", [{"haproxy_conn_limit_per_source": 5}], indirect=True)
+def test_connections_per_source_are_capped(edge_with):
+    edge = edge_with
+    held = []
+    try:
+        for _ in range(5):
+            raw = socket.create_connection(("127.0.0.1", edge["haproxy_https_port"]), timeout=5)
+            held.append(tls().wrap_socket(raw))
+        time.sleep(0.3)
+        with pytest.raises((OSError, ssl.SSLError)):
+            request_(edge, "GET", "/")
+    finally:
+        for conn in held:
+            conn.close()
+    time.sleep(0.5)
+    assert request_(edge, "GET", "/")[0] == 200  # freed connections count no more
+
+
+@pytest.mark.parametrize("edge_with", [{"haproxy_rate_limit_per_10s": 10}], indirect=True)
+def test_requests_per_source_are_limited_with_security_headers(edge_with):
+    edge = edge_with
+    answers = [request_(edge, "GET", "/") for _ in range(14)]
+    statuses = [a[0] for a in answers]
+    assert statuses.count(429) >= 3 and statuses[:9] == [200] * 9, statuses
+    refused = next(a for a in answers if a[0] == 429)
+    assert refused[1].get("strict-transport-security", "").startswith("max-age=")
+    assert refused[1].get("x-content-type-options") == "nosniff"
+
+
+def preflight(tmp_path: Path, **overrides) -> subprocess.CompletedProcess[str]:
+    """The role's preflight on this machine (Debian 12) with the given inputs."""
+    (tmp_path / "extra.json").write_text(json.dumps({"haproxy_maxconn": 2000, **overrides}))
+    play = tmp_path / "preflight.yml"
+    play.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": True, "tasks": [
+        {"ansible.builtin.include_role": {"name": "haproxy", "tasks_from": "preflight"}}]}]))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
+               ANSIBLE_NOCOLOR="1")
+    return subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(play),
+                           "-e", f"@{tmp_path / 'extra.json'}", "-e", f"ansible_python_interpreter={sys.executable}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+def fd_ceiling() -> int:
+    line = next(x for x in Path("/proc/1/limits").read_text().splitlines() if x.startswith("Max open files"))
+    return int(line.split()[4])
+
+
+@pytest.mark.parametrize(("overrides", "says"), [
+    ({"haproxy_maxconn": -5}, "haproxy_maxconn must be a whole number from 100 to 1,000,000 (got '-5'"),
+    ({"haproxy_maxconn": "lots"}, "(got 'lots'"),
+    ({"haproxy_backend_maxconn": 5000}, "haproxy_backend_maxconn from 1 to haproxy_maxconn (got '5000')"),
+    ({"haproxy_conn_limit_per_source": 3000}, "haproxy_conn_limit_per_source from 0 (off) to haproxy_maxconn"),
+    ({"haproxy_rate_limit_per_10s": -1}, "haproxy_rate_limit_per_10s and haproxy_max_request_body_bytes 0 (off)"),
+    ({"haproxy_internal_paths": ["metrics"]}, "haproxy_internal_paths are paths such as /metrics"),
+    ({"haproxy_internal_paths": ["/a' or '1"]}, "haproxy_internal_paths are paths such as /metrics"),
+    ({"haproxy_allowed_methods": ["get"]}, "haproxy_allowed_methods are upper-case method names"),
+    ({"haproxy_stats_port": 443}, "must all differ: two listeners cannot share a port"),
+    ({"haproxy_http_port": 8443, "haproxy_https_port": 8443}, "must all differ"),
+])
+def test_preflight_refuses_limits_and_listeners_that_make_no_sense(tmp_path, overrides, says):
+    res = preflight(tmp_path, **overrides)
+    assert res.returncode != 0 and says in res.stdout, res.stdout[-3000:]
+
+
+def test_preflight_refuses_a_maxconn_the_host_cannot_give_descriptors_for(tmp_path):
+    ceiling = fd_ceiling()
+    if ceiling >= 2_001_000:
+        pytest.skip(f"this host allows {ceiling} descriptors: any maxconn up to 1,000,000 fits")
+    too_many = (ceiling - 1000) // 2 + 1
+    res = preflight(tmp_path, haproxy_maxconn=too_many)
+    assert res.returncode != 0, res.stdout[-3000:]
+    assert f"allows a service at most {ceiling}" in res.stdout
+    assert f"lower haproxy_maxconn to {too_many - 1}" in res.stdout
+    assert preflight(tmp_path, haproxy_maxconn=too_many - 1).returncode == 0  # the edge of what fits
+
+
+def test_preflight_accepts_the_defaults(tmp_path):
+    res = preflight(tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:]

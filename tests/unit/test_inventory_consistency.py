@@ -1,0 +1,85 @@
+"""Inventory-wide checks of validate.yml (the first play): what no per-host check can see.
+
+Two hosts given one keel_private_ip passed every preflight, and site.yml then changed
+every host and never finished. The filter keel_inventory_problems is tested alone, and
+site.yml with a bad inventory must stop in its first play, on the controller, naming
+the hosts, before any host is contacted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "plugins" / "filter"))
+from keel_validators import keel_inventory_problems  # noqa: E402
+from test_inventories_and_validation import (  # noqa: E402
+    assert_stopped_on_the_controller,
+    lab_groups,
+    run_playbook,
+    write_inventory,
+)
+
+
+def host(name: str, ip: str, **extra) -> dict:
+    return {"name": name, "ip": ip, "host": extra.get("host", ip), "port": extra.get("port", ""),
+            "connection": extra.get("connection", "ssh")}
+
+
+GOOD = [host("lb1", "10.0.0.11"), host("app1", "10.0.0.21"), host("app2", "10.0.0.22")]
+
+
+def test_a_consistent_inventory_has_no_problem():
+    assert keel_inventory_problems(GOOD, {"app": ["app1", "app2"], "app_spare": []}) == []
+
+
+def test_json_text_is_read_too():
+    import json
+
+    assert keel_inventory_problems(json.dumps(GOOD), {}) == []
+
+
+@pytest.mark.parametrize(("hosts", "groups", "says"), [
+    ([*GOOD[:2], host("app2", "10.0.0.21", host="10.9.9.9")], {},
+     "hosts app1, app2 share keel_private_ip 10.0.0.21"),
+    ([*GOOD[:2], host("app2", "10.0.0.021")], {}, "keel_private_ip '10.0.0.021' is not an IP address"),
+    ([*GOOD[:2], host("app2", "app2.example")], {}, "is not an IP address"),
+    ([*GOOD[:2], host("app2", "0.0.0.0")], {}, "cannot be reached from the other hosts"),  # noqa: S104
+    ([*GOOD[:2], host("app2", "127.0.0.1")], {}, "cannot be reached from the other hosts"),
+    ([*GOOD[:2], host("app2", "224.0.0.5")], {}, "cannot be reached from the other hosts"),
+    ([*GOOD[:2], host("app2", "10.0.0.22", host="10.0.0.21")], {},
+     "hosts app1, app2 are the same machine (ssh://10.0.0.21:default)"),
+    ([*GOOD[:2], host("App1", "10.0.0.22")], {}, "host names App1, app1 differ only in case"),
+    (GOOD, {"app": ["app1", "app2"], "app_spare": ["app2"]}, "app2 are in both app (serving) and app_spare"),
+    ([*GOOD[:2], host("app2", "fd00::21"), host("app3", "fd00:0::21")], {}, "share keel_private_ip fd00::21"),
+])
+def test_inconsistent_inventories_are_named(hosts, groups, says):
+    problems = keel_inventory_problems(hosts, groups)
+    assert any(says in p for p in problems), problems
+
+
+def test_same_address_on_other_ports_is_two_machines_and_local_hosts_may_use_loopback():
+    vms = [host("app1", "10.0.0.21", host="127.0.0.1", port="2201"),
+           host("app2", "10.0.0.22", host="127.0.0.1", port="2202")]
+    assert keel_inventory_problems(vms, {}) == []
+    local = [host("lb1", "127.0.0.11", connection="local"), host("app1", "127.0.0.12", connection="local")]
+    assert keel_inventory_problems(local, {}) == []
+
+
+def test_site_with_two_hosts_on_one_address_stops_in_the_first_play(tmp_path):
+    groups = lab_groups()
+    groups["app"]["app2"] = {"keel_private_ip": "192.0.2.21", "ansible_host": "192.0.2.122"}
+    res = run_playbook(tmp_path, write_inventory(tmp_path, groups), "site.yml")
+    assert_stopped_on_the_controller(res, "Validate the controller and the inventory",
+                                     "hosts app1, app2 share keel_private_ip 192.0.2.21",
+                                     "nothing was changed on any host")
+
+
+def test_add_node_with_a_host_serving_and_spare_stops_in_the_first_play(tmp_path):
+    groups = lab_groups()
+    groups["app_spare"] = {"app2": {}}
+    res = run_playbook(tmp_path, write_inventory(tmp_path, groups), "add-node.yml", "-e", "keel_new_node=app2")
+    assert_stopped_on_the_controller(res, "in both app (serving) and app_spare")
