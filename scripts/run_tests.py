@@ -271,7 +271,10 @@ def plan(args: argparse.Namespace) -> list[Step]:
                 Step(part, "ansible-lint", ["ansible-lint", "--profile", "production", "--strict"]),
             ]
         elif part == "unit":
-            steps.append(Step(part, "pytest tests/unit", ["pytest", "-q", "tests/unit"]))
+            # One worker per CPU (pytest-xdist), a test file per worker at a time (its
+            # module fixtures start once); the slowest tests are listed for the next cut.
+            steps.append(Step(part, "pytest tests/unit", ["pytest", "-q", "-n", "auto", "--dist", "loadfile",
+                                                          "--durations", "15", "tests/unit"]))
         elif part == "specs":
             steps.append(Step(part, "argument specs = defaults",
                               ["python", "scripts/check_argument_specs.py"]))

@@ -280,3 +280,35 @@ def test_bad_input_rejected_before_the_running_service_is_touched(host, case, tm
     assert host.check_output("sha256sum /etc/haproxy/haproxy.cfg /etc/haproxy/certs/*") == before
     assert host.check_output("systemctl show -p MainPID --value haproxy") == master
     assert get(f"https://{LB}/")[0] == 200
+
+
+def test_a_master_that_can_no_longer_reload_is_restarted_with_the_checked_config(host, tmp_path):
+    """Seen on the lab: the master kept a descriptor limit below what the configuration needs, so
+    every reload failed ("Cannot raise FD limit") and the old configuration kept serving until
+    HAProxy was restarted by hand. The role sees the worker did not change and restarts once."""
+    master = host.check_output("systemctl show -p MainPID --value haproxy")
+    def worker() -> str:
+        return next(line for line in runtime_api(host, "show info").splitlines() if line.startswith("Pid:"))
+    worker_before = worker()
+    host.check_output(f"prlimit --pid {master} --nofile=1024:1024")  # as an earlier, smaller maxconn left it
+    extra = {"haproxy_frontend_extra_config": ["http-after-response set-header X-Keel-Recovered yes"]}
+    try:
+        extra_file = tmp_path / "extra.json"
+        extra_file.write_text(json.dumps(extra))
+        res = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+                              str(SCENARIO / "converge.yml"), "-e", f"@{extra_file}"],
+                             capture_output=True, text=True, timeout=300, check=False)
+        output = " ".join((res.stdout + res.stderr).split())
+        assert res.returncode == 0, output[-3000:]
+        assert "Restart haproxy, its master could not load the checked configuration" in output
+        assert "changed: [lb1]" in output.split("its master could not load the checked configuration", 1)[1][:400]
+        assert host.check_output("systemctl show -p MainPID --value haproxy") != master
+        assert worker() != worker_before
+        status, headers, _ = get(f"https://{LB}/")
+        assert status == 200 and headers.get("x-keel-recovered") == "yes"
+        limit = host.check_output("cat /proc/$(systemctl show -p MainPID --value haproxy)/limits")
+        assert "1024" not in next(line for line in limit.splitlines() if line.startswith("Max open files"))
+    finally:  # back to the scenario's configuration (a plain reload)
+        subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+                        str(SCENARIO / "converge.yml")], capture_output=True, text=True, timeout=300, check=False)
+    assert "x-keel-recovered" not in get(f"https://{LB}/")[1]
