@@ -111,6 +111,52 @@ def keel_inventory_problems(hosts: object, groups: object) -> list:
     return problems
 
 
+# Inventory variables that hold secrets (by name), and what an unedited example value looks like.
+_SECRET_NAME = r"(^vault_|_(password|passphrase|secret|token|private_key|api_key|webhook_url)$|^app_extra_env$)"  # noqa: S105
+_PLACEHOLDER = r"replace|changeme|change[-_ ]me|example\.(com|org|net)\b|your[-_ ]?(password|secret|token)"
+
+
+def _texts(value: object):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _texts(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _texts(item)
+
+
+def keel_placeholder_secrets(hostvars: object, hosts: object) -> list:
+    """Secrets still holding an example's placeholder: "variable (host, host)" per variable.
+
+    The sample vault's values ("REPLACE-with-a-long-random-password", a webhook URL on
+    hooks.example.com) passed every preflight and would have been deployed: a password
+    published in this repository. Looks at every inventory variable whose name says it is a
+    secret (vault_*, *_password, *_token, *_secret, *_private_key, *_api_key, *_webhook_url,
+    app_extra_env); a value that cannot be read here (undefined, a vault without its
+    password) is left to the role that needs it. Names the variable, never the value.
+    """
+    import re
+
+    name_re, placeholder_re = re.compile(_SECRET_NAME), re.compile(_PLACEHOLDER, re.IGNORECASE)
+    found: dict[str, list[str]] = {}
+    for host in hosts or []:
+        try:
+            variables = hostvars[host]
+            names = [n for n in list(variables.keys()) if isinstance(n, str) and name_re.search(n)]
+        except Exception:  # noqa: S112  a host whose variables cannot be listed is checked by its roles
+            continue
+        for name in names:
+            try:
+                value = variables[name]
+            except Exception:  # noqa: S112  undefined, or vaulted without the password here
+                continue
+            if any(placeholder_re.search(text) for text in _texts(value)):
+                found.setdefault(name, []).append(str(host))
+    return [f"{name} ({', '.join(hosts_)})" for name, hosts_ in sorted(found.items())]
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -118,4 +164,5 @@ class FilterModule:
             "keel_invalid_ssh_keys": keel_invalid_ssh_keys,
             "keel_invalid_settings": keel_invalid_settings,
             "keel_inventory_problems": keel_inventory_problems,
+            "keel_placeholder_secrets": keel_placeholder_secrets,
         }

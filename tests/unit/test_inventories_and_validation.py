@@ -430,6 +430,8 @@ def test_security_audit_in_check_mode_changes_nothing_and_writes_its_report(tmp_
     assert re.search(r"^localhost\s+:\s+ok=\d+\s+changed=0\s", out, re.MULTILINE), out[-3000:]
     report = json.loads((reports / "localhost.json").read_text())
     assert report["host"] == "localhost"
+    # they list each host's listeners and SSH settings: the operator's only (review I1)
+    assert (reports.stat().st_mode & 0o777, (reports / "localhost.json").stat().st_mode & 0o777) == (0o700, 0o600)
     for key in ("ssh", "firewall", "sockets", "auditd", "units", "updates"):
         assert key in report, key
     assert {f["severity"] for f in report["findings"]} <= {"critical", "high", "medium", "info"}

@@ -83,3 +83,30 @@ def test_add_node_with_a_host_serving_and_spare_stops_in_the_first_play(tmp_path
     groups["app_spare"] = {"app2": {}}
     res = run_playbook(tmp_path, write_inventory(tmp_path, groups), "add-node.yml", "-e", "keel_new_node=app2")
     assert_stopped_on_the_controller(res, "in both app (serving) and app_spare")
+
+
+def test_placeholder_secrets_are_named_by_variable_never_by_value():
+    from keel_validators import keel_placeholder_secrets
+
+    hostvars = {
+        "lb1": {"vault_haproxy_stats_password": "REPLACE-with-a-long-random-password", "keel_private_ip": "10.0.0.1",
+                "haproxy_stats_password": "a-real-one-Xk29", "app_extra_env": {"DB_URL": "postgresql://db/keel"}},
+        "mon1": {"alertmanager_webhook_url": "https://hooks.example.com/services/T/B/X",
+                 "grafana_admin_password": "changeme-please", "some_setting": "REPLACE me but not a secret"},
+        "app1": {"app_extra_env": {"API_TOKEN": "your-token-here", "OK": "fine"}, "vault_app_extra_env": {}},
+    }
+    found = keel_placeholder_secrets(hostvars, ["lb1", "mon1", "app1"])
+    assert found == ["alertmanager_webhook_url (mon1)", "app_extra_env (app1)", "grafana_admin_password (mon1)",
+                     "vault_haproxy_stats_password (lb1)"], found
+    assert not any("REPLACE" in f or "example.com" in f for f in found)
+
+
+def test_a_secret_that_cannot_be_read_is_left_to_its_role():
+    from keel_validators import keel_placeholder_secrets
+
+    class Vaulted(dict):
+        def __getitem__(self, key):
+            raise RuntimeError("Attempting to decrypt but no vault secrets found")
+
+    vaulted = Vaulted(vault_x_password="?")  # noqa: S106
+    assert keel_placeholder_secrets({"lb1": vaulted}, ["lb1"]) == []

@@ -163,3 +163,32 @@ def test_ansible_vault_create_and_edit_as_the_guide_writes_them(tmp_path):
     res = run(tmp_path, "ansible-vault", "view", "--vault-password-file", str(password_file), str(vault))
     assert res.returncode == 0, res.stderr
     assert yaml.safe_load(res.stdout) == {"vault_grafana_admin_password": second}
+
+
+def test_the_unedited_example_is_refused_in_the_first_play(tmp_path):
+    """`cp vault.yml.example vault.yml` and nothing else: the example's placeholders (a password
+    published in this repository, a webhook on hooks.example.com) are refused before any host
+    is contacted, by variable name, never by value."""
+    inventory = tmp_path / "mysite"
+    shutil.copytree(PRODUCTION, inventory)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "admin")], check=True,
+                   timeout=60)
+    key = (tmp_path / "admin.pub").read_text().split()
+    hardening = inventory / "group_vars/all/hardening.yml"
+    hardening.write_text(hardening.read_text().replace("REPLACE_WITH_THE_CONTROLLERS_PUBLIC_KEY", key[1])
+                         .replace("REPLACE_WITH_ALICES_PUBLIC_KEY", key[1]))
+    shutil.copy(inventory / "group_vars/all/vault.yml.example", inventory / "group_vars/all/vault.yml")
+    res = run(tmp_path, "ansible-playbook", "-i", str(inventory / "hosts.yml"), "playbooks/site.yml")
+    output = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0, output[-3000:]
+    assert "these secrets still hold the example's placeholder value" in output, output[-3000:]
+    for name in ("grafana_admin_password", "vault_grafana_admin_password", "vault_haproxy_stats_password",
+                 "vault_alertmanager_webhook_url", "vault_haproxy_tls_private_key"):
+        assert f"{name} (" in output, name
+    assert "REPLACE-with-a-long-random-password" not in output  # names, never values
+    assert "UNREACHABLE" not in output and "PLAY [Validate the controller and the inventory]" in output
+
+
+def test_a_filled_in_vault_passes_the_placeholder_check(site):
+    res = run(site["tmp"], "ansible-playbook", "-i", str(site["hosts"]), "playbooks/validate.yml", *site["secret"])
+    assert "still hold the example's placeholder" not in res.stdout, res.stdout[-3000:]

@@ -329,6 +329,25 @@ def test_aide_baseline_exists_and_sees_a_change(host):
     assert "Checksums = sha512" in host.file("/etc/aide/aide.conf").content_string.splitlines()
 
 
+def test_aide_excludes_whole_directories_and_watches_keels_programs(host):
+    """Security review H2: "!/opt/keel" was a prefix regex, so /opt/keel-app (the internet-facing
+    app's code) and every keel binary were outside file-integrity monitoring."""
+    excludes = host.file("/etc/aide/aide.conf.d/99_keel_exclude").content_string
+    assert "!/var/lib/keel(/|$)" in excludes and "/opt/keel" not in excludes, excludes
+    host.check_output("mkdir -p /opt/keel-app-probe /opt/keel/probe /var/lib/keel /var/lib/keel-other-probe && "
+                      "echo x > /opt/keel-app-probe/code.py && echo x > /opt/keel/probe/bin && "
+                      "echo x > /var/lib/keel/state-probe && echo x > /var/lib/keel-other-probe/f")
+    try:
+        for watched in ("/opt/keel-app-probe/code.py", "/opt/keel/probe/bin", "/var/lib/keel-other-probe/f"):
+            seen = host.run(f"aide --config /etc/aide/aide.conf --check --limit {watched}")
+            assert seen.rc != 0 and watched in seen.stdout, (watched, seen.stdout)
+        ignored = host.run("aide --config /etc/aide/aide.conf --check --limit /var/lib/keel/")
+        assert ignored.rc == 0, ignored.stdout
+    finally:
+        host.check_output("rm -rf /opt/keel-app-probe /opt/keel/probe /var/lib/keel/state-probe "
+                          "/var/lib/keel-other-probe")
+
+
 # ---------------------------------------------------------------- inputs
 def _run_converge(extra: dict, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
     extra_file = tmp_path / "extra.json"
