@@ -434,7 +434,7 @@ def test_security_audit_in_check_mode_changes_nothing_and_writes_its_report(tmp_
     assert (reports.stat().st_mode & 0o777, (reports / "localhost.json").stat().st_mode & 0o777) == (0o700, 0o600)
     for key in ("ssh", "firewall", "sockets", "auditd", "units", "updates"):
         assert key in report, key
-    assert {f["severity"] for f in report["findings"]} <= {"critical", "high", "medium", "info"}
+    assert {f["severity"] for f in report["findings"]} <= {"critical", "high", "medium", "low", "info"}
     assert {f["check"] for f in report["findings"]} <= {"ssh", "firewall", "sockets", "auditd", "units", "updates"}
     critical = [f for f in report["findings"] if f["severity"] == "critical"]
     assert report["critical"] == len(critical)
@@ -479,7 +479,9 @@ AUDIT_CASE_PLAY = """
             {{{{ out + ssh_hardening_allow_groups | map('regex_replace', '^', 'allowgroups ') | list }}}}
       when: __keel_sshd is not defined
     - {compare}
+    - {ssh_baseline}
     - {firewall}
+    - {fw_baseline}
     - name: Write the findings
       ansible.builtin.copy:
         content: "{{{{ {{'findings': __keel_findings, 'report': __keel_report}} | to_json }}}}"
@@ -503,6 +505,13 @@ AUDIT_CASES = {
     "no_keel_table": {"__keel_nft": {"rc": 0, "stdout": "table ip nat {\n}\n"}},
     "keel_accepts": {"__keel_nft": {"rc": 0, "stdout": NFT_OTHER_DROPS}},
     "no_nft": {"__keel_nft": {"rc": 1, "stdout": "", "stderr": "nft: command not found"}},
+    # the inventory asks for password logins and SSH from anywhere: the roles' comparison finds
+    # nothing (the host does what the inventory says), the baseline does (review M7)
+    "weak_inventory": {
+        "ssh_hardening_password_authentication": True, "ssh_hardening_permit_root_login": "prohibit-password",
+        "__keel_nft": {"rc": 0, "stdout": NFT_DROP.replace(
+            "policy drop;\n", "policy drop;\n\t\ttcp dport 22 accept comment \"ssh: anywhere\"\n")},
+    },
 }
 
 
@@ -512,7 +521,10 @@ def audit_cases(tmp_path_factory) -> dict[str, dict]:
     tasks = {t["name"]: t for t in load_yaml(ROOT / "playbooks" / "security-audit.yml")[0]["tasks"]}
     play = AUDIT_CASE_PLAY.format(
         compare=json.dumps(tasks["Compare sshd's settings with the role's"]),
+        ssh_baseline=json.dumps(tasks["Judge sshd's settings against keel's baseline"]),
         firewall=json.dumps(tasks["Check keel's table is loaded and drops by default"]),
+        fw_baseline=json.dumps(tasks["Judge what keel's table accepts from anywhere "
+                                     "(only 80 and 443; SSH from admin networks)"]),
         out=tmp,
     )
     (tmp / "play.yml").write_text(play)
@@ -539,6 +551,21 @@ def test_audit_calls_root_and_password_logins_critical(audit_cases):
     assert sorted(m.split()[0] for m in critical) == ["PasswordAuthentication", "PermitRootLogin"]
     # the rest of the drop-in missing is reported, at lower severities
     assert "high" in severities(audit_cases["weak_ssh"], "ssh")
+
+
+def test_a_weak_inventory_does_not_audit_clean(audit_cases):
+    case = audit_cases["weak_inventory"]
+    baseline = sorted((f["severity"], f["message"].split()[0]) for f in case["findings"] if f.get("baseline"))
+    assert ("critical", "PasswordAuthentication") in baseline, case["findings"]
+    assert ("medium", "PermitRootLogin") in baseline, case["findings"]
+    assert ("high", "SSH") in baseline, case["findings"]
+    # one finding per setting: the role's comparison and the baseline do not both report one
+    ssh = [f["message"].split()[0] for f in case["findings"] if f["check"] == "ssh"]
+    assert len(ssh) == len(set(ssh)), ssh
+
+
+def test_the_strict_host_passes_the_baseline(audit_cases):
+    assert [f for f in audit_cases["strict"]["findings"] if f.get("baseline")] == []
 
 
 @pytest.mark.parametrize("case, critical", [("strict", False), ("no_keel_table", True),

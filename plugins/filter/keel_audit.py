@@ -1,0 +1,171 @@
+"""Security audit judgements that do not depend on the inventory (security review M7).
+
+playbooks/security-audit.yml compares each host with what keel's roles render for its
+inventory; an inventory that asks for something weak then audits clean. These filters
+judge what a host does against a fixed baseline instead:
+
+  keel_ssh_baseline(effective)            sshd -T settings (lower-case keys)
+  keel_firewall_baseline(ruleset, ...)    nft list ruleset text: what the input chain of
+                                          keel's table accepts from anywhere
+  keel_socket_findings(sockets, ...)      listening TCP and UDP sockets against the ports
+                                          the firewall role declares open
+
+Each returns findings {check, severity, message}; severities critical, high, medium, low.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible.errors import AnsibleFilterError
+
+ROOT_LOGIN_WITH_KEY = {"prohibit-password", "without-password", "forced-commands-only"}
+
+
+def _finding(check: str, severity: str, message: str) -> dict:
+    return {"check": check, "severity": severity, "message": message, "baseline": True}
+
+
+def keel_ssh_baseline(effective: object) -> list:
+    """Judge sshd's effective settings, whatever the inventory asked for."""
+    if not isinstance(effective, dict):
+        raise AnsibleFilterError("keel_ssh_baseline needs sshd -T's settings as a mapping")
+    get = {str(k).lower(): str(v).lower() for k, v in effective.items()}.get
+    found = []
+    for key, label in (("passwordauthentication", "PasswordAuthentication"),
+                       ("kbdinteractiveauthentication", "KbdInteractiveAuthentication"),
+                       ("permitemptypasswords", "PermitEmptyPasswords"),
+                       ("hostbasedauthentication", "HostbasedAuthentication")):
+        if get(key, "no") != "no":
+            found.append(_finding("ssh", "critical", f"{label} is {get(key)}: a login without a key is possible "
+                                                     "(baseline: no, whatever the inventory says)"))
+    root = get("permitrootlogin", "no")
+    if root not in {"no", *ROOT_LOGIN_WITH_KEY}:
+        found.append(_finding("ssh", "critical", f"PermitRootLogin is {root}: root may log in with a password "
+                                                 "(baseline: no)"))
+    elif root != "no":
+        found.append(_finding("ssh", "medium", f"PermitRootLogin is {root}: root may log in with a key "
+                                               "(baseline: no; admins log in as themselves and use sudo)"))
+    if get("pubkeyauthentication", "yes") != "yes":
+        found.append(_finding("ssh", "high", "PubkeyAuthentication is off: keys, the only allowed login, do not work"))
+    try:
+        tries = int(get("maxauthtries", "6"))
+    except ValueError:
+        tries = 6
+    if tries > 4:
+        found.append(_finding("ssh", "low", f"MaxAuthTries is {tries} (baseline: 4 or fewer)"))
+    for key, label in (("x11forwarding", "X11Forwarding"), ("allowagentforwarding", "AllowAgentForwarding"),
+                       ("permittunnel", "PermitTunnel")):
+        if get(key, "no") not in ("no",):
+            found.append(_finding("ssh", "low", f"{label} is {get(key)} (baseline: no)"))
+    return found
+
+
+_TABLE = re.compile(r"(?ms)^table inet keel_filter \{$.*?^\}$")
+_CHAIN = re.compile(r"(?ms)^\s*chain input \{$(.*?)^\s*\}$")
+_DPORT = re.compile(r"\b(tcp|udp)\s+dport\s+(\{[^}]*\}|[0-9]+(?:-[0-9]+)?)")
+_SADDR = re.compile(r"\b(ip6?)\s+saddr\s+(\{[^}]*\}|\S+)")
+_WORLD = {"0.0.0.0/0", "::/0"}
+
+
+def _ports(spec: str) -> list[tuple[int, int]]:
+    out = []
+    for part in spec.strip("{} ").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        try:
+            out.append((int(low), int(high or low)))
+        except ValueError:
+            continue
+    return out
+
+
+def keel_firewall_baseline(ruleset: object, public_ports: object = (80, 443), ssh_ports: object = (22,)) -> list:
+    """What the input chain of inet keel_filter accepts from any source address.
+
+    Only public_ports (default 80 and 443) may be open to the world: SSH (ssh_ports, from
+    sshd -T) open to anyone is high, any other port open to anyone is high, an accept of
+    everything from anyone is critical. Rules for established traffic, loopback and ICMP are
+    not judged. A rule restricted by source (an address, a set) is not "the world" unless
+    the source is 0.0.0.0/0 or ::/0.
+    """
+    if not isinstance(ruleset, str):
+        raise AnsibleFilterError("keel_firewall_baseline needs nft list ruleset's text")
+    table = _TABLE.search(ruleset)
+    chain = _CHAIN.search(table.group(0)) if table else None
+    if chain is None:
+        return []  # no table: the existing critical finding says so
+    public = {int(p) for p in public_ports or []}
+    ssh = {int(p) for p in ssh_ports or []}
+    found = []
+    for raw in chain.group(1).splitlines():
+        rule = raw.split(" comment ", 1)[0].strip()
+        if not re.search(r"\baccept$", rule) or rule.startswith(("type ", "policy ")):
+            continue
+        if re.search(r"\bct state (established|related|invalid)(,(established|related|invalid))*\b"
+                     r"|\biif(name)? \"?lo\"?(\s|$)|\bicmp(v6)?\b", rule):
+            continue
+        sources = [m.group(2).strip("{} ") for m in _SADDR.finditer(rule)]
+        world = not sources or any(s.strip() in _WORLD for src in sources for s in src.split(","))
+        if not world:
+            continue
+        ports = [(proto, span) for proto, spec in _DPORT.findall(rule) for span in _ports(spec)]
+        if not ports:
+            found.append(_finding("firewall", "critical", f"the input chain accepts everything from anywhere: {rule}"))
+            continue
+        for proto, (low, high) in ports:
+            opened = set(range(low, min(high, low + 65535) + 1))
+            if opened & ssh and proto == "tcp":
+                found.append(_finding("firewall", "high", f"SSH ({proto} {low}) is open to the world: {rule} "
+                                                          "(baseline: admin networks only)"))
+            elif not opened <= public:
+                span = str(low) if low == high else f"{low}-{high}"
+                found.append(_finding("firewall", "high", f"{proto} {span} is open to the world: {rule} "
+                                                          f"(baseline: only {', '.join(map(str, sorted(public)))})"))
+    return found
+
+
+# UDP client sockets a host may hold open without serving anything (DHCP clients).
+_UDP_CLIENT_PORTS = {68, 546}
+
+
+def keel_socket_findings(sockets: object, declared: object, enforcing: object) -> list:
+    """Listening TCP and UDP sockets on a non-loopback address that the firewall role does not
+    declare open: medium when keel's firewall drops them anyway, critical when nothing does;
+    a DHCP client's UDP socket is low. Declared ports nobody listens on are info."""
+    if not isinstance(sockets, list) or not isinstance(declared, list):
+        raise AnsibleFilterError("keel_socket_findings needs the socket list and the declared exposure list")
+    enforcing = bool(enforcing)
+    open_ = set()
+    for item in declared:
+        if isinstance(item, dict):
+            for low, high in _ports(str(item.get("port"))):
+                open_ |= {(str(item.get("proto")), port) for port in range(low, high + 1)}
+    found = []
+    for sock in sockets:
+        proto, address, port = str(sock.get("proto")), str(sock.get("address")), int(sock.get("port"))
+        if address.startswith("127.") or address == "::1" or (proto, port) in open_:
+            continue
+        name = sock.get("name") or "(a program of another namespace)"
+        client = proto == "udp" and port in _UDP_CLIENT_PORTS
+        severity = "low" if client else ("medium" if enforcing else "critical")
+        found.append(_finding("sockets", severity,
+                              f"{name} listens on {address}:{port}/{proto}, which the firewall role does not declare "
+                              f"open{' (the firewall drops it)' if enforcing else ' and no keel firewall drops it'}"))
+    listening = {(str(s.get("proto")), int(s.get("port"))) for s in sockets}
+    for proto, port in sorted(open_):
+        if (proto, port) not in listening and proto == "tcp":  # a UDP service may bind only when asked
+            found.append({"check": "sockets", "severity": "info",
+                          "message": f"the firewall opens {port}/{proto} but nothing listens there"})
+    return found
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "keel_ssh_baseline": keel_ssh_baseline,
+            "keel_firewall_baseline": keel_firewall_baseline,
+            "keel_socket_findings": keel_socket_findings,
+        }

@@ -1,0 +1,108 @@
+"""The security audit's baseline (plugins/filter/keel_audit.py, security review M7): judged
+against fixed rules, not against what the inventory asked the roles for."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "filter"))
+from keel_audit import keel_firewall_baseline, keel_socket_findings, keel_ssh_baseline
+
+STRICT_SSH = {"passwordauthentication": "no", "kbdinteractiveauthentication": "no", "permitemptypasswords": "no",
+              "hostbasedauthentication": "no", "permitrootlogin": "no", "pubkeyauthentication": "yes",
+              "maxauthtries": "3", "x11forwarding": "no", "allowagentforwarding": "no", "permittunnel": "no"}
+
+
+def sev(findings: list) -> list[tuple[str, str]]:
+    return sorted((f["severity"], f["message"].split()[0]) for f in findings)
+
+
+def test_a_hardened_sshd_passes_the_baseline():
+    assert keel_ssh_baseline(STRICT_SSH) == []
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"passwordauthentication": "yes"}, [("critical", "PasswordAuthentication")]),
+    ({"kbdinteractiveauthentication": "yes"}, [("critical", "KbdInteractiveAuthentication")]),
+    ({"permitemptypasswords": "yes"}, [("critical", "PermitEmptyPasswords")]),
+    ({"permitrootlogin": "yes"}, [("critical", "PermitRootLogin")]),
+    ({"permitrootlogin": "prohibit-password"}, [("medium", "PermitRootLogin")]),
+    ({"pubkeyauthentication": "no"}, [("high", "PubkeyAuthentication")]),
+    ({"maxauthtries": "6"}, [("low", "MaxAuthTries")]),
+    ({"x11forwarding": "yes", "permittunnel": "yes"}, [("low", "PermitTunnel"), ("low", "X11Forwarding")]),
+])
+def test_weak_sshd_settings_are_found_whatever_the_inventory_says(change, expected):
+    assert sev(keel_ssh_baseline({**STRICT_SSH, **change})) == expected
+
+
+def nft(*rules: str) -> str:
+    body = "\n".join(f"\t\t{r}" for r in rules)
+    return ("table inet other {\n\tchain input {\n\t\ttcp dport 9999 accept\n\t}\n}\n"
+            "table inet keel_filter {\n\tset admin_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n"
+            "\t\telements = { 10.0.0.0/24 }\n\t}\n"
+            f"\tchain input {{\n\t\ttype filter hook input priority filter; policy drop;\n{body}\n\t}}\n"
+            "\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t}\n}\n")
+
+
+KEEL_EDGE = nft('ct state established,related accept', 'iif "lo" accept', 'ct state invalid drop',
+                'tcp dport 22 ip saddr @admin_v4 accept comment "ssh: admin networks"',
+                'tcp dport 22 drop comment "ssh: everyone else"',
+                'icmp type echo-request limit rate 10/second burst 20 packets accept',
+                'tcp dport { 80, 443 } accept comment "web"',
+                'ip saddr @svc_node_exporter_v4 tcp dport 9100 accept comment "node_exporter"')
+
+
+def test_keels_edge_ruleset_passes_the_baseline():
+    assert keel_firewall_baseline(KEEL_EDGE) == []
+
+
+@pytest.mark.parametrize(("rule", "expected"), [
+    ('tcp dport 22 accept comment "ssh: anywhere"', [("high", "SSH")]),
+    ("ip saddr 0.0.0.0/0 tcp dport 2222 accept", [("high", "SSH")]),
+    ('meta nfproto ipv4 tcp dport 9090 accept comment "prometheus"', [("high", "tcp")]),
+    ("tcp dport 8000-8003 accept", [("high", "tcp")]),
+    ("udp dport 123 accept", [("high", "udp")]),
+    ("ip6 saddr ::/0 tcp dport 3000 accept", [("high", "tcp")]),
+    ("accept", [("critical", "the")]),
+    ("ip saddr 10.0.0.0/8 tcp dport 9090 accept", []),
+    ("ip saddr { 10.1.0.0/16, 192.0.2.7 } tcp dport 22 accept", []),
+    ("tcp dport 443 accept", []),
+    ("tcp dport 22 ct state new accept", [("high", "SSH")]),
+])
+def test_what_the_world_may_reach(rule, expected):
+    assert sev(keel_firewall_baseline(nft(rule), [80, 443], [22, 2222])) == expected
+
+
+def test_another_tables_rules_and_a_missing_table_are_not_judged_here():
+    assert keel_firewall_baseline("table inet other {\n\tchain input {\n\t\taccept\n\t}\n}\n") == []
+
+
+ANY = "0.0.0.0"  # noqa: S104  what ss shows for a socket on every address
+
+
+def sock(proto: str, address: str, port: int, name: str = "x") -> dict:
+    return {"proto": proto, "address": address, "port": port, "name": name}
+
+
+DECLARED = [{"service": "ssh", "proto": "tcp", "port": 22}, {"service": "web", "proto": "tcp", "port": 443},
+            {"service": "ntp", "proto": "udp", "port": 123}, {"service": "app", "proto": "tcp", "port": "8000-8001"}]
+
+
+def test_udp_listeners_are_judged_like_tcp():
+    sockets = [sock("tcp", ANY, 22), sock("tcp", ANY, 443), sock("udp", ANY, 123, "chronyd"),
+               sock("tcp", "10.0.0.5", 8000), sock("tcp", "10.0.0.5", 8001), sock("udp", "127.0.0.1", 323, "chronyd"),
+               sock("udp", ANY, 5353, "avahi"), sock("udp", ANY, 68, "dhclient"),
+               sock("tcp", "::", 6379, "redis")]
+    enforced = keel_socket_findings(sockets, DECLARED, True)
+    assert sev(enforced) == [("low", "dhclient"), ("medium", "avahi"), ("medium", "redis")]
+    open_ = keel_socket_findings(sockets, DECLARED, False)
+    assert sev(open_) == [("critical", "avahi"), ("critical", "redis"), ("low", "dhclient")]
+
+
+def test_a_declared_port_nobody_listens_on_is_info():
+    found = keel_socket_findings([sock("tcp", ANY, 22)], DECLARED[:2], True)
+    assert [(f["severity"], f["message"]) for f in found] == [
+        ("info", "the firewall opens 443/tcp but nothing listens there")]
