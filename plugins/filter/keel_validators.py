@@ -157,6 +157,24 @@ def keel_placeholder_secrets(hostvars: object, hosts: object) -> list:
     return [f"{name} ({', '.join(hosts_)})" for name, hosts_ in sorted(found.items())]
 
 
+def keel_port_clashes(listeners: object) -> list:
+    """Ports that two services of one host would both listen on: "port P: a, b" each.
+
+    listeners: a list of {service: port, or a list of ports} mappings (one per role that
+    runs on the host); a value that is not a port number is left to its role's checks.
+    """
+    by_port: dict[int, list[str]] = {}
+    for mapping in listeners if isinstance(listeners, list) else []:
+        for service, value in (mapping or {}).items() if isinstance(mapping, dict) else []:
+            for port in value if isinstance(value, (list, tuple)) else [value]:
+                try:
+                    number = int(str(port))
+                except ValueError:
+                    continue
+                by_port.setdefault(number, []).append(str(service))
+    return [f"port {port}: {', '.join(services)}" for port, services in sorted(by_port.items()) if len(services) > 1]
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -165,4 +183,5 @@ class FilterModule:
             "keel_invalid_settings": keel_invalid_settings,
             "keel_inventory_problems": keel_inventory_problems,
             "keel_placeholder_secrets": keel_placeholder_secrets,
+            "keel_port_clashes": keel_port_clashes,
         }

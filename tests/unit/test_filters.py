@@ -37,8 +37,9 @@ def test_non_list_is_reported():
 
 
 def test_filters_are_registered():
-    assert set(v.FilterModule().filters()) == {"keel_timezone_valid", "keel_invalid_ssh_keys", "keel_invalid_settings",
-                                               "keel_inventory_problems", "keel_placeholder_secrets"}
+    assert set(v.FilterModule().filters()) == {
+        "keel_timezone_valid", "keel_invalid_ssh_keys", "keel_invalid_settings", "keel_inventory_problems",
+        "keel_placeholder_secrets", "keel_port_clashes"}
 
 
 def test_invalid_settings_are_reported_with_key_and_value():

@@ -8,10 +8,13 @@ the hosts, before any host is contacted.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins" / "filter"))
@@ -110,3 +113,42 @@ def test_a_secret_that_cannot_be_read_is_left_to_its_role():
 
     vaulted = Vaulted(vault_x_password="?")  # noqa: S106
     assert keel_placeholder_secrets({"lb1": vaulted}, ["lb1"]) == []
+
+
+def test_port_clashes_are_found_per_host():
+    from keel_validators import keel_port_clashes
+
+    listeners = [{"haproxy http": 80, "haproxy https": "443", "haproxy stats": 9100},
+                 {"app api": [8000, 8001], "app backend": 8001}, {"node_exporter": 9100}, {}]
+    assert keel_port_clashes(listeners) == ["port 8001: app api, app backend",
+                                         "port 9100: haproxy stats, node_exporter"]
+    assert keel_port_clashes([{"a": 1}, {"b": 2}, {"c": "{{ not a port }}"}]) == []
+
+
+def preflight_on_this_machine(tmp_path, lb_vars: dict) -> subprocess.CompletedProcess[str]:
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, "ansible_become": False}
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(yaml.safe_dump({"all": {"children": {
+        "loadbalancers": {"hosts": {"lb1": {**local, "keel_private_ip": "127.0.0.11", **lb_vars}}},
+        "app": {"hosts": {"app1": {**local, "keel_private_ip": "127.0.0.21", "app_release_version": "1.0.0",
+                                   "app_release_file": "/tmp/keel-app-1.0.0.tar.gz",
+                                   "app_release_sha256": "0" * 64}}}}}}))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCALHOST_WARNING="false")
+    return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inv),
+                           "playbooks/preflight.yml", "-e", "keel_logs_and_traces=false"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_two_services_on_one_port_of_a_host_stop_the_first_plays(tmp_path):
+    res = preflight_on_this_machine(tmp_path, {"haproxy_stats_port": 9100})
+    out = " ".join(res.stdout.split())
+    assert res.returncode != 0, out[-3000:]
+    assert "lb1 would run two services on one port (port 9100: haproxy stats, node_exporter)" in out, out[-3000:]
+
+
+def test_a_host_without_clashes_passes_the_port_check(tmp_path):
+    res = preflight_on_this_machine(tmp_path, {})
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0, out[-3000:]
+    assert "Check no two services of this host listen on one port" in out
