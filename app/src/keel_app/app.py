@@ -41,6 +41,10 @@ Handler = Callable[[Scope, str], Awaitable[Result]]
 
 JSON = b"application/json"
 SLOW_MAX_MS = 5000
+# Below the backend server's keep-alive timeout (5 s): the client closes idle connections first.
+BACKEND_KEEPALIVE_EXPIRY = 2.0
+# What reusing a connection the backend has just closed raises (before any answer came).
+STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 UNKNOWN_ROUTE = "other"
 
 log = logging.getLogger("keel_app")
@@ -155,7 +159,11 @@ class KeelApp:
             base_url=self.config.backend_url or "",
             timeout=self.config.backend_timeout,
             transport=self._backend_transport,
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            # An idle connection is dropped by this client before the backend's server drops
+            # it (uvicorn's keep-alive timeout is 5 s, httpx's default expiry too): reusing a
+            # connection the server is just closing failed one request now and then (a 502).
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128,
+                                keepalive_expiry=BACKEND_KEEPALIVE_EXPIRY),
             headers={"user-agent": f"keel-app/{self.config.version}"},
         )
 
@@ -315,7 +323,14 @@ class KeelApp:
             headers = {"x-request-id": request_id}
             PROPAGATOR.inject(headers)
             try:
-                response = await self._client.get("/work", headers=headers)
+                try:
+                    response = await self._client.get("/work", headers=headers)
+                except STALE_CONNECTION_ERRORS as exc:
+                    # GET /work is idempotent: once more, on a new connection, when a pooled
+                    # connection turned out to be closed by the backend
+                    log.info("backend connection closed (%s); retrying once", type(exc).__name__,
+                             extra={"service": self.service, "backend_url": url})
+                    response = await self._client.get("/work", headers=headers)
             except httpx.TimeoutException:
                 span.set_status(Status(StatusCode.ERROR, "timeout"))
                 log.warning("backend timed out: %s", url, extra={"service": self.service, "backend_url": url})

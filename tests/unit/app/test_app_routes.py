@@ -224,3 +224,42 @@ def test_unhandled_error_is_a_500_and_counted(make_app: Any, running: Any, json_
     (error_line,) = [line for line in json_logs() if line["level"] == "error"]
     assert "RuntimeError: handler bug" in error_line["exception"]
     assert error_line["request_id"]
+
+
+def test_a_backend_connection_closed_under_the_api_is_retried_once(make_app: Any, running: Any) -> None:
+    """Seen in the lab under load: a pooled connection the backend had just closed (keep-alive
+    timeouts of 5 s on both sides) gave one 502 now and then. GET /work is idempotent: one retry."""
+    calls: list[int] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) % 2 == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return httpx.Response(200, json={"service": "backend"})
+
+    def dead(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        raise httpx.ReadError("connection reset", request=request)
+
+    async def scenario() -> None:
+        app = make_app("api", backend_transport=httpx.MockTransport(flaky))
+        async with running(app) as client:
+            assert (await client.get("/")).status_code == 200
+        assert len(calls) == 2
+        calls.clear()
+        app = make_app("api", backend_transport=httpx.MockTransport(dead))
+        async with running(app) as client:
+            assert (await client.get("/")).status_code == 502  # once more only, then the error
+        assert len(calls) == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_api_drops_idle_backend_connections_before_the_backend_does() -> None:
+    import inspect
+
+    from keel_app import app as app_module
+    from keel_app import cli
+
+    server_timeout = int(inspect.getsource(cli).split("timeout_keep_alive=", 1)[1].split(",")[0].split(")")[0])
+    assert server_timeout > app_module.BACKEND_KEEPALIVE_EXPIRY
