@@ -24,7 +24,7 @@ SOCKET = "/run/haproxy/admin.sock"
 
 def tls_context() -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(CA))
-    ctx.check_hostname = False  # the certificate names lb1 and 127.0.0.1/the private IP; we dial the IP
+    ctx.check_hostname = False  # the certificate names lb-solo and 127.0.0.1/the private IP; we dial the IP
     return ctx
 
 
@@ -157,10 +157,10 @@ def test_runtime_api_socket_is_root_only(host):
 def test_stats_need_the_password(host):
     status, _, _ = get(f"http://{LB}:8404/stats")
     assert status == 401
-    password = (EPHEMERAL / "credentials" / "haproxy-stats-lb1").read_text().strip()
+    password = (EPHEMERAL / "credentials" / "haproxy-stats-lb-solo").read_text().strip()
     status, _, body = get(f"http://{LB}:8404/stats;csv", auth=("admin", password))
     assert status == 200
-    assert "app,lb1-8001" in body
+    assert "app,lb-solo-8001" in body
 
 
 def test_prometheus_exporter():
@@ -171,14 +171,14 @@ def test_prometheus_exporter():
 
 def test_health_check_marks_a_stopped_backend_down_and_back_up(host):
     """inter 2s, fall 2, rise 2: down within 2 x 2 s (+1 interval slack), bound 10 s."""
-    assert server_states(host) == {"lb1-8001": "UP", "lb1-8002": "UP"}
+    assert server_states(host) == {"lb-solo-8001": "UP", "lb-solo-8002": "UP"}
     host.run_test("systemctl stop backend@8002")
     try:
         t0 = time.monotonic()
-        while not server_states(host)["lb1-8002"].startswith("DOWN") and time.monotonic() - t0 < 10:
+        while not server_states(host)["lb-solo-8002"].startswith("DOWN") and time.monotonic() - t0 < 10:
             time.sleep(0.2)
         took = time.monotonic() - t0
-        assert server_states(host)["lb1-8002"].startswith("DOWN"), took
+        assert server_states(host)["lb-solo-8002"].startswith("DOWN"), took
         assert took <= 6.5, took
         for _ in range(6):  # every request now goes to the healthy backend
             status, _, body = get(f"https://{LB}/")
@@ -186,9 +186,9 @@ def test_health_check_marks_a_stopped_backend_down_and_back_up(host):
     finally:
         host.run_test("systemctl start backend@8002")
     t0 = time.monotonic()
-    while server_states(host)["lb1-8002"] != "UP" and time.monotonic() - t0 < 15:
+    while server_states(host)["lb-solo-8002"] != "UP" and time.monotonic() - t0 < 15:
         time.sleep(0.2)
-    assert server_states(host)["lb1-8002"] == "UP"
+    assert server_states(host)["lb-solo-8002"] == "UP"
 
 
 def test_reloads_under_load_lose_no_request(host):
@@ -270,7 +270,7 @@ def test_bad_input_rejected_before_the_running_service_is_touched(host, case, tm
         assert "(got '30 seconds')" in output
     else:
         _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-                 "-subj", "/CN=lb1", "-keyout", str(tmp_path / "a.key"), "-out", str(tmp_path / "a.crt"))
+                 "-subj", "/CN=lb-solo", "-keyout", str(tmp_path / "a.key"), "-out", str(tmp_path / "a.crt"))
         _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(tmp_path / "b.key"))
         output = _converge_with({"haproxy_tls_mode": "provided",
                                  "haproxy_tls_certificate": (tmp_path / "a.crt").read_text(),
@@ -301,7 +301,7 @@ def test_a_master_that_can_no_longer_reload_is_restarted_with_the_checked_config
         output = " ".join((res.stdout + res.stderr).split())
         assert res.returncode == 0, output[-3000:]
         assert "Restart haproxy, its master could not load the checked configuration" in output
-        assert "changed: [lb1]" in output.split("its master could not load the checked configuration", 1)[1][:400]
+        assert "changed: [lb-solo]" in output.split("its master could not load the checked configuration", 1)[1][:400]
         assert host.check_output("systemctl show -p MainPID --value haproxy") != master
         assert worker() != worker_before
         status, headers, _ = get(f"https://{LB}/")
