@@ -9,6 +9,8 @@ judge what a host does against a fixed baseline instead:
                                           keel's table accepts from anywhere
   keel_socket_findings(sockets, ...)      listening TCP and UDP sockets against the ports
                                           the firewall role declares open
+  keel_unit_findings(results, limits, d)  systemd-analyze security of the units against each
+                                          unit's exposure limit (none: rated for the record)
 
 Each returns findings {check, severity, message}; severities critical, high, medium, low.
 """
@@ -162,10 +164,45 @@ def keel_socket_findings(sockets: object, declared: object, enforcing: object) -
     return found
 
 
+_EXPOSURE = re.compile(r"Overall exposure level for (\S+): ([0-9]+(?:\.[0-9]+)?)")
+
+
+def keel_unit_findings(results: object, limits: object, default_limit: object) -> dict:
+    """{'units': [{unit, exposure, limit}], 'findings': [...]} from the registered results of
+    `systemd-analyze security UNIT` (a loop over unit names). A unit above its limit is high
+    (its sandbox was loosened), a unit that could not be rated medium; a unit whose limit is
+    None (sshd: it starts login sessions and cannot be sandboxed) is rated for the record."""
+    if not isinstance(results, list) or not isinstance(limits, dict):
+        raise AnsibleFilterError("keel_unit_findings needs the loop's results and a unit -> limit mapping")
+    units, found = [], []
+    for result in results:
+        if not isinstance(result, dict) or "item" not in result:
+            continue
+        unit = str(result["item"])
+        match = _EXPOSURE.search(str(result.get("stdout") or ""))
+        exposure = float(match.group(2)) if match else None
+        limit = limits.get(unit, default_limit)
+        limit = None if limit is None else float(limit)
+        units.append({"unit": unit, "exposure": exposure, "limit": limit})
+        if exposure is None:
+            found.append({"check": "units", "severity": "medium",
+                          "message": f"systemd-analyze security could not rate {unit}"})
+        elif limit is None:
+            found.append({"check": "units", "severity": "info",
+                          "message": f"{unit} is rated {exposure} by systemd-analyze security (no limit: "
+                                     "rated for the record)"})
+        elif exposure > limit:
+            found.append({"check": "units", "severity": "high",
+                          "message": f"{unit} is rated {exposure} by systemd-analyze security (limit {limit}): "
+                                     "its sandbox was loosened"})
+    return {"units": units, "findings": found}
+
+
 class FilterModule:
     def filters(self):
         return {
             "keel_ssh_baseline": keel_ssh_baseline,
             "keel_firewall_baseline": keel_firewall_baseline,
             "keel_socket_findings": keel_socket_findings,
+            "keel_unit_findings": keel_unit_findings,
         }

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible.errors import AnsibleFilterError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "filter"))
-from keel_audit import keel_firewall_baseline, keel_socket_findings, keel_ssh_baseline
+from keel_audit import keel_firewall_baseline, keel_socket_findings, keel_ssh_baseline, keel_unit_findings
 
 STRICT_SSH = {"passwordauthentication": "no", "kbdinteractiveauthentication": "no", "permitemptypasswords": "no",
               "hostbasedauthentication": "no", "permitrootlogin": "no", "pubkeyauthentication": "yes",
@@ -106,3 +107,35 @@ def test_a_declared_port_nobody_listens_on_is_info():
     found = keel_socket_findings([sock("tcp", ANY, 22)], DECLARED[:2], True)
     assert [(f["severity"], f["message"]) for f in found] == [
         ("info", "the firewall opens 443/tcp but nothing listens there")]
+
+
+def rated(unit: str, exposure: str | None) -> dict:
+    """A loop result of `systemd-analyze security UNIT` as the audit registers it."""
+    stdout = "" if exposure is None else f"  NAME  EXPOSURE\n→ Overall exposure level for {unit}: {exposure} OK"
+    return {"item": unit, "stdout": stdout, "rc": 0}
+
+
+LIMITS = {"haproxy.service": 2.5, "ssh.service": None}
+
+
+def test_units_within_their_limits_give_no_finding_and_sshd_is_rated_for_the_record():
+    out = keel_unit_findings([rated("prometheus.service", "1.2"), rated("haproxy.service", "2.5"),
+                              rated("ssh.service", "9.6")], LIMITS, 2.0)
+    assert out["units"] == [{"unit": "prometheus.service", "exposure": 1.2, "limit": 2.0},
+                            {"unit": "haproxy.service", "exposure": 2.5, "limit": 2.5},
+                            {"unit": "ssh.service", "exposure": 9.6, "limit": None}]
+    assert sev(out["findings"]) == [("info", "ssh.service")]
+
+
+@pytest.mark.parametrize(("result", "expected"), [
+    (rated("haproxy.service", "2.6"), [("high", "haproxy.service")]),   # its own limit
+    (rated("loki.service", "2.1"), [("high", "loki.service")]),         # the default limit
+    (rated("alloy.service", None), [("medium", "systemd-analyze")]),    # not rated at all
+])
+def test_a_loosened_or_unrated_unit_is_a_finding(result, expected):
+    assert sev(keel_unit_findings([result], LIMITS, 2.0)["findings"]) == expected
+
+
+def test_unit_findings_refuse_what_is_not_a_loop_result():
+    with pytest.raises(AnsibleFilterError):
+        keel_unit_findings("not a list", LIMITS, 2.0)

@@ -65,28 +65,36 @@ class Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def render(tmp_path: Path, **overrides) -> tuple[Path, dict]:
-    """haproxy.cfg from the role's template, defaults and vars, on local ports."""
-    ports = {"haproxy_http_port": free_port(), "haproxy_https_port": free_port(), "haproxy_stats_port": free_port()}
-    backend = free_port()
-    extra = {"ansible_managed": "test", "haproxy_bind_address": "127.0.0.1", "haproxy_stats_bind_address": "127.0.0.1",
-             "haproxy_runtime_api_socket": str(tmp_path / "admin.sock"), "__haproxy_stats_password": "s3cret-stats",
-             "__haproxy_servers": [{"name": "app1-8000", "address": "127.0.0.1", "port": backend}],
-             "haproxy_maxconn": 2000, "haproxy_health_check_path": "/readyz", **ports, **overrides}
-    (tmp_path / "extra.json").write_text(json.dumps(extra))
+def render_template(tmp_path: Path, template: str, dest: Path, extra: dict) -> Path:
+    """One of the role's templates with its defaults and vars and the given values."""
+    (tmp_path / "extra.json").write_text(json.dumps({"ansible_managed": "test", **extra}))
     play = tmp_path / "render.yml"
     play.write_text(yaml.safe_dump([{
         "hosts": "localhost", "gather_facts": False,
         "vars_files": [str(ROOT / "roles/haproxy/defaults/main.yml"), str(ROOT / "roles/haproxy/vars/main.yml")],
         "tasks": [{"ansible.builtin.template": {
-            "src": str(ROOT / "roles/haproxy/templates/etc/haproxy/haproxy.cfg.j2"),
-            "dest": str(tmp_path / "haproxy.cfg"), "mode": "0600"}}]}]))
+            "src": str(ROOT / "roles/haproxy/templates" / template), "dest": str(dest), "mode": "0600"}}]}]))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
                ANSIBLE_NOCOLOR="1")
     res = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(play),
                           "-e", f"@{tmp_path / 'extra.json'}", "-e", f"ansible_python_interpreter={sys.executable}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    return dest
+
+
+def render(tmp_path: Path, **overrides) -> tuple[Path, dict]:
+    """haproxy.cfg from the role's template, defaults and vars, on local ports; the chroot is
+    a directory of the test's own."""
+    ports = {"haproxy_http_port": free_port(), "haproxy_https_port": free_port(), "haproxy_stats_port": free_port()}
+    backend = free_port()
+    extra = {"haproxy_bind_address": "127.0.0.1", "haproxy_stats_bind_address": "127.0.0.1",
+             "haproxy_runtime_api_socket": str(tmp_path / "admin.sock"), "__haproxy_stats_password": "s3cret-stats",
+             "__haproxy_servers": [{"name": "app1-8000", "address": "127.0.0.1", "port": backend}],
+             "haproxy_maxconn": 2000, "haproxy_health_check_path": "/readyz", **ports, **overrides}
+    render_template(tmp_path, "etc/haproxy/haproxy.cfg.j2", tmp_path / "haproxy.cfg", extra)
+    chroot = tmp_path / "chroot"
+    chroot.mkdir()
     pem = tmp_path / "site.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
@@ -94,8 +102,9 @@ def render(tmp_path: Path, **overrides) -> tuple[Path, dict]:
     pem.write_text((tmp_path / "cert.pem").read_text() + (tmp_path / "key.pem").read_text())
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(cfg.read_text().replace("/etc/haproxy/certs/site.pem", str(pem))
-                   .replace("log /dev/log local0", "log stderr local0"))
-    return cfg, {**ports, "backend": backend}
+                   .replace("log /dev/log local0", "log stderr local0")
+                   .replace("chroot /var/lib/haproxy", f"chroot {chroot}"))
+    return cfg, {**ports, "backend": backend, "chroot": str(chroot)}
 
 
 def start(tmp_path: Path, **overrides):
@@ -116,7 +125,7 @@ def start(tmp_path: Path, **overrides):
     else:
         proc.kill()
         pytest.fail("HAProxy did not answer: " + proc.stderr.read().decode()[-2000:])
-    yield ports
+    yield {**ports, "pid": proc.pid}
     proc.terminate()
     proc.wait(10)
     app.shutdown()
@@ -181,6 +190,30 @@ def seen_by_app(ports: dict, **kwargs) -> dict:
     for k, v in json.loads(payload)["headers"]:
         seen.setdefault(k, []).append(v)
     return seen
+
+
+def test_haproxy_runs_chrooted(edge):
+    """The defaults chroot HAProxy (here into the test's directory instead of /var/lib/haproxy)."""
+    assert os.readlink(f"/proc/{edge['pid']}/root") == edge["chroot"]
+
+
+def test_the_unit_with_the_role_drop_in_is_sandboxed_and_rated(tmp_path, systemd_exposure):
+    """Debian's haproxy.service has its sandbox commented out (rated 9.6); the role's drop-in
+    brings it to 2.5 or lower while the master stays root (it binds 80/443, chroots, drops the
+    workers to the haproxy user and signals them on a reload: the audit's own limit for it)."""
+    unit = (Path(__file__).parent / "data" / "debian12-haproxy.service").read_text()
+    drop_in = render_template(tmp_path, "etc/systemd/system/haproxy.service.d/keel.conf.j2",
+                              tmp_path / "keel.conf", {"haproxy_maxconn": 20000}).read_text()
+    bare, _ = systemd_exposure(tmp_path / "bare", "haproxy.service", unit)
+    exposure, report = systemd_exposure(tmp_path / "keel", "haproxy.service", unit, drop_in)
+    assert bare > 9.0
+    assert exposure <= 2.5, report[-3000:]
+    print(f"haproxy.service exposure: {bare} bare, {exposure} with the drop-in")
+    lines = drop_in.splitlines()
+    assert "LimitNOFILE=41000" in lines
+    assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID CAP_SYS_CHROOT CAP_KILL" in lines
+    assert "ReadWritePaths=/run/haproxy" in lines and "ProtectSystem=strict" in lines
+    assert "SystemCallFilter=@system-service chroot" in lines
 
 
 @pytest.mark.parametrize("path", [
@@ -301,6 +334,7 @@ def fd_ceiling() -> int:
     ({"haproxy_internal_paths": ["metrics"]}, "haproxy_internal_paths are paths such as /metrics"),
     ({"haproxy_internal_paths": ["/a' or '1"]}, "haproxy_internal_paths are paths such as /metrics"),
     ({"haproxy_allowed_methods": ["get"]}, "haproxy_allowed_methods are upper-case method names"),
+    ({"haproxy_chroot_enabled": "maybe"}, 'haproxy_chroot_enabled must be true or false (got "maybe")'),
     ({"haproxy_stats_port": 443}, "must all differ: two listeners cannot share a port"),
     ({"haproxy_http_port": 8443, "haproxy_https_port": 8443}, "must all differ"),
 ])

@@ -69,6 +69,32 @@ def test_config_is_valid_and_service_runs(host):
     assert host.service("haproxy").is_enabled
 
 
+def test_workers_are_chrooted_unprivileged_and_the_master_sandboxed(host):
+    """Security review M2: the workers chroot into /var/lib/haproxy as the haproxy user; the
+    master keeps only the capabilities it needs and writes only under /run/haproxy."""
+    master = host.check_output("systemctl show -p MainPID --value haproxy").strip()
+    workers = host.check_output(f"pgrep -P {master} haproxy").split()
+    assert workers, "no worker under the master"
+    for pid in workers:
+        assert host.check_output(f"readlink /proc/{pid}/root").strip() == "/var/lib/haproxy"
+        assert host.check_output(f"stat -c %U /proc/{pid}").strip() == "haproxy"
+    assert host.check_output(f"readlink /proc/{master}/root").strip() == "/"
+    bounding = int(host.check_output(f"awk '/^CapBnd/ {{print $2}}' /proc/{master}/status"), 16)
+    # CAP_KILL 5, CAP_SETGID 6, CAP_SETUID 7, CAP_NET_BIND_SERVICE 10, CAP_SYS_CHROOT 18
+    assert bounding == sum(1 << bit for bit in (5, 6, 7, 10, 18)), hex(bounding)
+    assert host.file("/run/haproxy/haproxy.pid").content_string.strip() == master
+    assert host.file("/run/haproxy/master.sock").is_socket
+    # the master cannot write outside /run/haproxy (ProtectSystem=strict)
+    probe = host.run(f"nsenter -t {master} -m sh -c 'touch /etc/haproxy/probe'")
+    assert probe.rc != 0 and "Read-only file system" in probe.stderr, probe.stderr
+
+
+def test_the_unit_is_rated_at_most_2_5(host):
+    out = host.check_output("systemd-analyze security --no-pager haproxy.service")
+    exposure = float(re.search(r"Overall exposure level for haproxy.service: ([0-9.]+)", out).group(1))
+    assert exposure <= 2.5, out[-2000:]
+
+
 def test_listeners(host):
     assert host.socket("tcp://0.0.0.0:80").is_listening
     assert host.socket("tcp://0.0.0.0:443").is_listening
