@@ -7,7 +7,8 @@ Routes (GET and HEAD):
   /healthz  200 while the process is alive
   /readyz   200 when ready; 503 while starting, while draining and when told to fail
   /metrics  Prometheus text format
-  /slow     sleeps ?ms=N milliseconds (capped at 5000) then answers: for drain tests
+  /slow     sleeps ?ms=N milliseconds (capped at 5000) then answers: for drain tests, only with
+            KEEL_APP_TEST_ROUTES=1 (404 otherwise)
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ class KeelApp:
             "/healthz": ("/healthz", self._healthz),
             "/readyz": ("/readyz", self._readyz),
             "/metrics": ("/metrics", self._metrics),
-            "/slow": ("/slow", self._slow),
         }
+        if config.test_routes:
+            self._routes["/slow"] = ("/slow", self._slow)
         if config.service == "api":
             self._routes["/"] = ("/", self._api_root)
         else:

@@ -42,6 +42,7 @@ class Config:
     shutdown_timeout: float = 20.0
     log_level: str = "info"
     fail_readiness: bool = False
+    test_routes: bool = False
     otlp_endpoint: str | None = None
     sampler_ratio: float = 1.0
     otel_service_name: str = ""
@@ -163,6 +164,12 @@ def load_config(env: Mapping[str, str]) -> Config:
     if raw_fail not in ("0", "1"):
         problems.append(f"KEEL_APP_FAIL_READINESS must be '0' or '1' (got {raw_fail!r})")
 
+    # /slow holds a connection for up to 5 s per request at no cost to the caller: only for
+    # tests that need a request in flight (security review H4), never in production.
+    raw_test_routes = _get(env, "KEEL_APP_TEST_ROUTES") or "0"
+    if raw_test_routes not in ("0", "1"):
+        problems.append(f"KEEL_APP_TEST_ROUTES must be '0' or '1' (got {raw_test_routes!r})")
+
     otlp_endpoint = _get(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
     if otlp_endpoint is not None:
         otlp_endpoint = otlp_endpoint.rstrip("/")
@@ -199,6 +206,7 @@ def load_config(env: Mapping[str, str]) -> Config:
         shutdown_timeout=shutdown_timeout,
         log_level=log_level,
         fail_readiness=raw_fail == "1",
+        test_routes=raw_test_routes == "1",
         otlp_endpoint=otlp_endpoint,
         sampler_ratio=sampler_ratio,
         otel_service_name=otel_service_name,

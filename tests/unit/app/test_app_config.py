@@ -61,6 +61,7 @@ def test_overrides() -> None:
         ({"KEEL_APP_SERVICE": "backend", "KEEL_APP_BACKEND_TIMEOUT": "nan"}, "KEEL_APP_BACKEND_TIMEOUT"),
         ({"KEEL_APP_SERVICE": "backend", "KEEL_APP_LOG_LEVEL": "loud"}, "KEEL_APP_LOG_LEVEL"),
         ({"KEEL_APP_SERVICE": "backend", "KEEL_APP_FAIL_READINESS": "yes"}, "KEEL_APP_FAIL_READINESS"),
+        ({"KEEL_APP_SERVICE": "backend", "KEEL_APP_TEST_ROUTES": "yes"}, "KEEL_APP_TEST_ROUTES"),
         ({"KEEL_APP_SERVICE": "backend", "OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG"),
         ({"KEEL_APP_SERVICE": "backend", "OTEL_EXPORTER_OTLP_ENDPOINT": "collector"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
         ({"KEEL_APP_SERVICE": "backend", "KEEL_APP_VERSION": "1 0"}, "KEEL_APP_VERSION"),

@@ -57,6 +57,7 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path, free_port: int) -> None:
         KEEL_APP_PORT=str(free_port),
         KEEL_APP_DRAIN_SECONDS="1",
         KEEL_APP_SHUTDOWN_TIMEOUT="8",
+        KEEL_APP_TEST_ROUTES="1",
     )
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(keel_app_command(), env=env, stdout=log_file, stderr=subprocess.STDOUT)

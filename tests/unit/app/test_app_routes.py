@@ -84,7 +84,7 @@ def test_slow_route(make_app: Any, running: Any) -> None:
         slept.append(seconds)
 
     async def scenario() -> None:
-        app = make_app("backend")
+        app = make_app("backend", KEEL_APP_TEST_ROUTES="1")
         app._sleep = fake_sleep
         async with running(app) as client:
             ok = await client.get("/slow", params={"ms": "20"})
@@ -263,3 +263,15 @@ def test_the_api_drops_idle_backend_connections_before_the_backend_does() -> Non
 
     server_timeout = int(inspect.getsource(cli).split("timeout_keep_alive=", 1)[1].split(",")[0].split(")")[0])
     assert server_timeout > app_module.BACKEND_KEEPALIVE_EXPIRY
+
+
+def test_slow_route_is_absent_unless_test_routes_are_switched_on(make_app: Any, running: Any) -> None:
+    """Security review H4: the drain-test route holds a connection at no cost to the caller."""
+
+    async def scenario() -> None:
+        for env, status in (({}, 404), ({"KEEL_APP_TEST_ROUTES": "0"}, 404), ({"KEEL_APP_TEST_ROUTES": "1"}, 200)):
+            app = make_app("backend", **env)
+            async with running(app) as client:
+                assert (await client.get("/slow", params={"ms": "1"})).status_code == status, env
+
+    asyncio.run(scenario())
