@@ -56,8 +56,9 @@ def keel_inventory_problems(hosts: object, groups: object) -> list:
     that can be reached from another host (not unspecified or multicast; not loopback
     unless the host is the controller itself, connection local), no
     two hosts share one, no two host names differ only in case, no two hosts are one
-    machine (same connection, address and port), and no host is serving and spare at
-    once (groups app and app_spare).
+    machine (same connection, address and port). A host in both app and app_spare is
+    a spare in service (the autoscaler's spare-pool provider hands out the spares that
+    are not in app, and its inventory writer adds them to app): not a problem.
     """
     import ipaddress
     import json
@@ -104,10 +105,6 @@ def keel_inventory_problems(hosts: object, groups: object) -> list:
         if len(names) > 1:
             problems.append(f"hosts {', '.join(sorted(names))} are the same machine ({where}): "
                             "one inventory name per host")
-    both = sorted(set(groups.get("app") or []) & set(groups.get("app_spare") or []))
-    if both:
-        problems.append(f"host(s) {', '.join(both)} are in both app (serving) and app_spare "
-                        "(idle spares): a host is one or the other")
     return problems
 
 
