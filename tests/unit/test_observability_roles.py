@@ -111,6 +111,7 @@ def test_loki_single_binary_with_retention_on_the_private_address(run):
     assert (schema["store"], schema["schema"], schema["object_store"]) == ("tsdb", "v13", "filesystem")
     assert config["compactor"]["retention_enabled"] is True
     assert config["limits_config"]["retention_period"] == "744h"
+    assert config["limits_config"]["deletion_mode"] == "disabled"  # review H3: no delete API for any host
     assert config["analytics"]["reporting_enabled"] is False
     assert "ReadWritePaths=/var/lib/loki" in rendered(run, "loki", "keel.conf").splitlines()
 
