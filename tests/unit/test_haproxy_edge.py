@@ -307,6 +307,61 @@ def test_requests_per_source_are_limited_with_security_headers(edge_with):
     assert refused[1].get("x-content-type-options") == "nosniff"
 
 
+def exchange(ports: dict, head: list[str], body: str) -> list[tuple[int, bytes]]:
+    """Send one hand-written request (head lines and a body, nothing added) and read every answer
+    on the connection: [(status, payload)]. A request smuggled inside the body would show as a
+    second answer."""
+    with socket.create_connection(("127.0.0.1", ports["haproxy_https_port"]), timeout=10) as raw, \
+            tls().wrap_socket(raw) as conn:
+        conn.sendall(("\r\n".join(head) + "\r\n\r\n" + body).encode())
+        conn.settimeout(3)
+        data = b""
+        with contextlib.suppress(OSError):  # TimeoutError when HAProxy keeps the connection open
+            while chunk := conn.recv(65536):
+                data += chunk
+    answers = []
+    for part in re.split(rb"(?=HTTP/1\.1 \d{3} )", data):
+        if part.startswith(b"HTTP/1.1 "):
+            answers.append((int(part.split()[1]), part.partition(b"\r\n\r\n")[2]))
+    return answers
+
+
+# A CL.TE / TE.CL smuggling body: "0" ends the chunked body; what follows would be a second
+# request to a backend that framed by Content-Length instead.
+SMUGGLED = "0\r\n\r\nGET /metrics HTTP/1.1\r\nHost: edge.test\r\n\r\n"
+POST = ["POST / HTTP/1.1", "Host: edge.test", "Connection: close"]
+
+
+@pytest.fixture(scope="module")
+def post_edge(tmp_path_factory):
+    """The role's defaults with POST allowed (the smuggling cases need a body to reach the backend)."""
+    yield from start(tmp_path_factory.mktemp("post"), haproxy_allowed_methods=["GET", "HEAD", "POST"])
+
+
+@pytest.mark.parametrize("framing", [
+    ["Content-Length: 5", "Content-Length: 6"],              # two lengths
+    ["Content-Length: -1"],
+    ["Transfer-Encoding: xchunked", "Content-Length: 6"],    # an unknown coding beside a length
+    ["Transfer-Encoding: chunked", "Transfer-Encoding: identity"],
+])
+def test_conflicting_or_malformed_framing_is_refused(post_edge, framing):
+    assert [status for status, _ in exchange(post_edge, POST + framing, SMUGGLED)] == [400]
+
+
+@pytest.mark.parametrize("framing", [
+    ["Content-Length: 6", "Transfer-Encoding: chunked"],     # CL.TE
+    ["Transfer-Encoding: chunked", "Content-Length: 60"],    # TE.CL
+    ["Transfer-Encoding:  chunked", "Content-Length: 6"],    # odd spacing
+])
+def test_transfer_encoding_wins_and_the_backend_gets_one_framing_and_one_request(post_edge, framing):
+    """HAProxy drops the Content-Length (RFC 9112), so it and the backend agree on where the
+    request ends: the "request" after the chunked body is not forwarded, and never answered."""
+    answers = exchange(post_edge, POST + framing, SMUGGLED)
+    assert [status for status, _ in answers] == [200], answers
+    seen = {k for k, _ in json.loads(answers[0][1])["headers"]}
+    assert "transfer-encoding" in seen and "content-length" not in seen, seen
+
+
 def preflight(tmp_path: Path, **overrides) -> subprocess.CompletedProcess[str]:
     """The role's preflight on this machine (Debian 12) with the given inputs."""
     (tmp_path / "extra.json").write_text(json.dumps({"haproxy_maxconn": 2000, **overrides}))
