@@ -11,6 +11,7 @@ judge what a host does against a fixed baseline instead:
                                           the firewall role declares open
   keel_unit_findings(results, limits, d)  systemd-analyze security of the units against each
                                           unit's exposure limit (none: rated for the record)
+  keel_audit_summary(hosts, audited_at)   the readable summary (Markdown) of every host's findings
 
 Each returns findings {check, severity, message}; severities critical, high, medium, low.
 """
@@ -198,6 +199,52 @@ def keel_unit_findings(results: object, limits: object, default_limit: object) -
     return {"units": units, "findings": found}
 
 
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def keel_audit_summary(hosts: object, audited_at: object) -> str:
+    """Markdown for people: per host the count of findings by severity, then every finding
+    from the most severe down. `hosts` are the hosts' variables (inventory_hostname,
+    group_names, __keel_findings); hosts the audit did not reach have no findings list and
+    are named as not audited."""
+    if not isinstance(hosts, list):
+        raise AnsibleFilterError("keel_audit_summary needs a list of the hosts' variables")
+    rows, details, missing = [], [], []
+    total = dict.fromkeys(SEVERITIES, 0)
+    for host in hosts:
+        name = str(host.get("inventory_hostname", "?"))
+        findings = host.get("__keel_findings")
+        if not isinstance(findings, list):
+            missing.append(name)
+            continue
+        counts = {sev: sum(1 for f in findings if f.get("severity") == sev) for sev in SEVERITIES}
+        for sev in SEVERITIES:
+            total[sev] += counts[sev]
+        groups = ", ".join(sorted(host.get("group_names") or []))
+        rows.append(f"| {_cell(name)} | {_cell(groups)} | " + " | ".join(str(counts[s]) for s in SEVERITIES) + " |")
+        rank = {sev: i for i, sev in enumerate(SEVERITIES)}
+        for finding in sorted(findings, key=lambda f: rank.get(f.get("severity"), len(SEVERITIES))):
+            details.append(f"| {_cell(name)} | {_cell(finding.get('severity'))} | {_cell(finding.get('check'))} | "
+                           f"{_cell(finding.get('message'))} |")
+    if not rows:
+        verdict = "**NO DATA**: no host was audited"
+    elif total["critical"]:
+        verdict = f"**FAIL**: {total['critical']} critical finding(s)"
+    else:
+        verdict = "**PASS**: no critical finding"
+    lines = [f"# Security audit, {audited_at}", "", verdict + ".", "",
+             "| host | groups | " + " | ".join(SEVERITIES) + " |", "|---|---|" + "---|" * len(SEVERITIES), *rows]
+    if missing:
+        lines += ["", "Not audited (unreachable or failed before the audit): " + ", ".join(sorted(missing)) + "."]
+    lines += ["", "## Findings", ""]
+    lines += ["| host | severity | check | finding |", "|---|---|---|---|", *details] if details else ["None."]
+    return "\n".join(lines) + "\n"
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -205,4 +252,5 @@ class FilterModule:
             "keel_firewall_baseline": keel_firewall_baseline,
             "keel_socket_findings": keel_socket_findings,
             "keel_unit_findings": keel_unit_findings,
+            "keel_audit_summary": keel_audit_summary,
         }

@@ -10,7 +10,13 @@ import pytest
 from ansible.errors import AnsibleFilterError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "filter"))
-from keel_audit import keel_firewall_baseline, keel_socket_findings, keel_ssh_baseline, keel_unit_findings
+from keel_audit import (
+    keel_audit_summary,
+    keel_firewall_baseline,
+    keel_socket_findings,
+    keel_ssh_baseline,
+    keel_unit_findings,
+)
 
 STRICT_SSH = {"passwordauthentication": "no", "kbdinteractiveauthentication": "no", "permitemptypasswords": "no",
               "hostbasedauthentication": "no", "permitrootlogin": "no", "pubkeyauthentication": "yes",
@@ -139,3 +145,26 @@ def test_a_loosened_or_unrated_unit_is_a_finding(result, expected):
 def test_unit_findings_refuse_what_is_not_a_loop_result():
     with pytest.raises(AnsibleFilterError):
         keel_unit_findings("not a list", LIMITS, 2.0)
+
+
+def test_the_summary_counts_by_severity_lists_the_worst_first_and_names_hosts_not_audited():
+    hosts = [
+        {"inventory_hostname": "lb1", "group_names": ["loadbalancers"], "__keel_findings": [
+            {"check": "units", "severity": "info", "message": "ssh.service is rated 9.6"},
+            {"check": "ssh", "severity": "critical", "message": "PasswordAuthentication yes | bad"}]},
+        {"inventory_hostname": "app1", "group_names": ["app"], "__keel_findings": []},
+        {"inventory_hostname": "app2", "group_names": ["app"]},  # unreachable: no findings list
+    ]
+    text = keel_audit_summary(hosts, "2026-12-07T12:00:00Z")
+    assert text.startswith("# Security audit, 2026-12-07T12:00:00Z\n\n**FAIL**: 1 critical finding(s).")
+    assert "| lb1 | loadbalancers | 1 | 0 | 0 | 0 | 1 |" in text
+    assert "| app1 | app | 0 | 0 | 0 | 0 | 0 |" in text
+    assert "Not audited (unreachable or failed before the audit): app2." in text
+    findings = text.split("## Findings", 1)[1]
+    assert findings.index("critical") < findings.index("info")
+    assert "PasswordAuthentication yes \\| bad" in findings  # a | in a message does not break the table
+
+
+def test_the_summary_never_says_pass_without_data():
+    assert "**NO DATA**" in keel_audit_summary([{"inventory_hostname": "x"}], "t")
+    assert "**PASS**" in keel_audit_summary([{"inventory_hostname": "x", "__keel_findings": []}], "t")

@@ -441,6 +441,10 @@ def test_security_audit_in_check_mode_changes_nothing_and_writes_its_report(tmp_
     assert (res.returncode != 0) == bool(critical), out[-3000:]
     if critical:
         assert "critical finding(s)" in out
+    summary = (reports / "summary.md").read_text()  # the readable summary, for people
+    assert (reports / "summary.md").stat().st_mode & 0o777 == 0o600
+    assert re.search(rf"^\| localhost \| [^|]*app[^|]* \| {report['critical']} \|", summary, re.MULTILINE), summary
+    assert ("**FAIL**" in summary) == bool(critical)
 
 
 # The audit's comparisons, fed with made-up command output: its own tasks, taken
