@@ -11,6 +11,7 @@ judge what a host does against a fixed baseline instead:
                                           the firewall role declares open
   keel_unit_findings(results, limits, d)  systemd-analyze security of the units against each
                                           unit's exposure limit (none: rated for the record)
+  keel_aide_findings(prom, now)           AIDE's last result from keel-aide-check's textfile metrics
   keel_audit_summary(hosts, audited_at)   the readable summary (Markdown) of every host's findings
 
 Each returns findings {check, severity, message}; severities critical, high, medium, low.
@@ -199,6 +200,38 @@ def keel_unit_findings(results: object, limits: object, default_limit: object) -
     return {"units": units, "findings": found}
 
 
+_PROM_LINE = re.compile(r'^(keel_aide_[a-z_]+)(?:\{change="([a-z]+)"\})? ([0-9.eE+-]+)$')
+
+
+def keel_aide_findings(prom: object, now: object, max_age: object = 2 * 86400) -> list:
+    """AIDE's last result (security review M6/M7) from the textfile keel-aide-check writes
+    (None or "" when the file is missing): differences from the baseline and a failed check
+    are medium, a check older than max_age seconds or none at all low."""
+    if not prom:
+        return [_finding("aide", "low", "AIDE's check has not reported yet (no keel_aide.prom): "
+                                        "systemctl list-timers keel-aide-check.timer")]
+    values: dict[str, float] = {}
+    entries: dict[str, int] = {}
+    for line in str(prom).splitlines():
+        match = _PROM_LINE.match(line.strip())
+        if match and match.group(2):
+            entries[match.group(2)] = int(float(match.group(3)))
+        elif match:
+            values[match.group(1)] = float(match.group(3))
+    found = []
+    if values.get("keel_aide_last_check_success") != 1:
+        found.append(_finding("aide", "medium", "AIDE's last check failed (journalctl -u keel-aide-check)"))
+    elif sum(entries.values()):
+        found.append(_finding("aide", "medium", "AIDE finds " + ", ".join(
+            f"{entries.get(c, 0)} {c}" for c in ("added", "removed", "changed"))
+            + " since its baseline: review its report (journalctl -u keel-aide-check), then re-baseline"))
+    checked = values.get("keel_aide_last_check_timestamp_seconds")
+    if checked is None or float(now) - checked > float(max_age):
+        found.append(_finding("aide", "low", "AIDE's last check is older than "
+                                             f"{float(max_age) / 86400:g} days (keel-aide-check.timer)"))
+    return found
+
+
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 
 
@@ -253,4 +286,5 @@ class FilterModule:
             "keel_socket_findings": keel_socket_findings,
             "keel_unit_findings": keel_unit_findings,
             "keel_audit_summary": keel_audit_summary,
+            "keel_aide_findings": keel_aide_findings,
         }

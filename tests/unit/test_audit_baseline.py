@@ -168,3 +168,32 @@ def test_the_summary_counts_by_severity_lists_the_worst_first_and_names_hosts_no
 def test_the_summary_never_says_pass_without_data():
     assert "**NO DATA**" in keel_audit_summary([{"inventory_hostname": "x"}], "t")
     assert "**PASS**" in keel_audit_summary([{"inventory_hostname": "x", "__keel_findings": []}], "t")
+
+
+NOW = 1_800_000_000.0
+
+
+def aide_prom(success: int = 1, added: int = 0, removed: int = 0, changed: int = 0, at: float = NOW - 3600) -> str:
+    """What keel-aide-check writes (its own metrics() function, so the two cannot drift apart)."""
+    import importlib.machinery
+    import importlib.util
+    path = Path(__file__).resolve().parents[2] / "roles/os_hardening/files/usr/local/sbin/keel-aide-check"
+    loader = importlib.machinery.SourceFileLoader("keel_aide_check", str(path))
+    spec = importlib.util.spec_from_loader("keel_aide_check", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module.metrics(bool(success), {"added": added, "removed": removed, "changed": changed}, at)
+
+
+@pytest.mark.parametrize(("prom", "expected"), [
+    (aide_prom(), []),
+    (aide_prom(added=1, changed=2), [("medium", "AIDE")]),
+    (aide_prom(success=0), [("medium", "AIDE's")]),
+    (aide_prom(at=NOW - 3 * 86400), [("low", "AIDE's")]),
+    ("", [("low", "AIDE's")]),  # never reported
+])
+def test_aides_last_result_is_judged(prom, expected):
+    from keel_audit import keel_aide_findings
+    found = keel_aide_findings(prom, NOW)
+    assert sev(found) == expected, found
+    assert all(f["check"] == "aide" for f in found)

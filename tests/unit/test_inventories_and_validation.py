@@ -435,7 +435,8 @@ def test_security_audit_in_check_mode_changes_nothing_and_writes_its_report(tmp_
     for key in ("ssh", "firewall", "sockets", "auditd", "units", "updates"):
         assert key in report, key
     assert {f["severity"] for f in report["findings"]} <= {"critical", "high", "medium", "low", "info"}
-    assert {f["check"] for f in report["findings"]} <= {"ssh", "firewall", "sockets", "auditd", "units", "updates"}
+    assert {f["check"] for f in report["findings"]} <= {"ssh", "firewall", "sockets", "auditd", "units", "aide",
+                                                        "updates"}
     critical = [f for f in report["findings"] if f["severity"] == "critical"]
     assert report["critical"] == len(critical)
     assert (res.returncode != 0) == bool(critical), out[-3000:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -329,6 +330,27 @@ def test_aide_baseline_exists_and_sees_a_change(host):
     assert "Checksums = sha512" in host.file("/etc/aide/aide.conf").content_string.splitlines()
 
 
+def test_aides_daily_check_reports_to_the_journal_and_node_exporter(host):
+    """Security review M6: Debian's daily job mailed root (no mailer here), so a detected change
+    reached nobody. keel's timer runs the check; its counts go to node_exporter's textfile
+    collector (alerts KeelFileIntegrity*), AIDE's report to the journal (Loki)."""
+    timer = host.service("keel-aide-check.timer")
+    assert timer.is_enabled and timer.is_running
+    assert "CRON_DAILY_RUN=no" in host.file("/etc/default/aide").content_string.splitlines()
+    textfile = "/var/lib/node_exporter/textfile"
+    host.check_output(f"mkdir -p {textfile} && echo probe > /opt/keel-m6-probe")
+    try:
+        host.check_output("systemctl start keel-aide-check.service")  # oneshot: returns when done
+        metrics = host.file(f"{textfile}/keel_aide.prom").content_string
+        assert "keel_aide_last_check_success 1" in metrics, metrics
+        added = int(re.search(r'keel_aide_entries\{change="added"\} (\d+)', metrics).group(1))
+        assert added >= 1, metrics
+        journal = host.check_output("journalctl -u keel-aide-check --no-pager -o cat")
+        assert "/opt/keel-m6-probe" in journal and "keel-aide-check: checked:" in journal
+    finally:
+        host.check_output(f"rm -f /opt/keel-m6-probe {textfile}/keel_aide.prom")
+
+
 def test_aide_excludes_whole_directories_and_watches_keels_programs(host):
     """Security review H2: "!/opt/keel" was a prefix regex, so /opt/keel-app (the internet-facing
     app's code) and every keel binary were outside file-integrity monitoring."""
@@ -394,6 +416,8 @@ BAD_INPUTS = {
                                       ["os_hardening_kernel_cmdline takes kernel parameters"]),
     "sudo_log_outside_var_log": ({"os_hardening_sudo_logfile": "/etc/sudo.log"},
                                  ["os_hardening_sudo_logfile must be a file under /var/log/"]),
+    "aide_schedule_in_words": ({"os_hardening_aide_check_schedule": "every day"},
+                               ["is not a calendar expression systemd understands"]),
 }
 
 
