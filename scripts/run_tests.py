@@ -271,6 +271,11 @@ def plan(args: argparse.Namespace) -> list[Step]:
                 Step(part, "yamllint", ["yamllint", "--strict", "."]),
                 Step(part, "ruff", ["ruff", "check", "."]),
                 Step(part, "ansible-lint", ["ansible-lint", "--profile", "production", "--strict"]),
+                # the forges' pipeline files against their published schemas (bundled: no network)
+                Step(part, "pipeline schemas", ["bash", "-c",
+                                                "check-jsonschema --builtin-schema vendor.github-workflows "
+                                                ".github/workflows/*.yml && check-jsonschema --builtin-schema "
+                                                "vendor.gitlab-ci .gitlab-ci.yml"]),
             ]
         elif part == "unit":
             # One worker per CPU (pytest-xdist), a test file per worker at a time (its
