@@ -60,7 +60,7 @@ def test_passed_scenarios_update_the_recorded_durations(monkeypatch, tmp_path):
     assert json.loads(durations.read_text()) == {"a": 12}
 
 
-def test_integration_runs_beside_the_lanes_and_vm_scenarios_alone_at_the_end(monkeypatch):
+def test_integration_beside_runs_beside_the_lanes_and_vm_scenarios_alone_at_the_end(monkeypatch):
     events: list[tuple[str, str]] = []
     lane_started = threading.Event()
 
@@ -74,22 +74,22 @@ def test_integration_runs_beside_the_lanes_and_vm_scenarios_alone_at_the_end(mon
 
     monkeypatch.setattr(run_tests, "execute", execute)
     monkeypatch.setattr(run_tests, "lanes", lambda steps, jobs: [steps])
-    run_tests.execute_all(_steps(["integration_x", "a", "a_vm", "b"]), 1)
+    run_tests.execute_all(_steps(["integration_x", "a", "a_vm", "b"]), 1, integration_alone=False)
     assert events.index(("start", "a")) < events.index(("end", "integration_x"))
     assert events[-2:] == [("start", "a_vm"), ("end", "a_vm")]  # after everything, alone
     assert {e[1] for e in events} == {"integration_x", "a", "a_vm", "b"}
 
 
-def test_integration_alone_runs_after_the_lanes_then_vm_scenarios(monkeypatch):
+def test_by_default_integration_runs_after_the_lanes_then_vm_scenarios(monkeypatch):
     order = []
     monkeypatch.setattr(run_tests, "execute", lambda step: order.append(step.scenario))
     monkeypatch.setattr(run_tests, "lanes", lambda steps, jobs: [steps])
-    run_tests.execute_all(_steps(["integration_x", "a", "a_vm", "b"]), 2, integration_alone=True)
+    run_tests.execute_all(_steps(["integration_x", "a", "a_vm", "b"]), 2)
     assert order == ["a", "b", "integration_x", "a_vm"]
 
 
 def test_no_role_scenario_shares_a_container_name_with_an_integration_scenario():
-    """What lets the integration lane run beside the others."""
+    """What lets the integration lane run beside the others (--integration-beside)."""
     names = {s: run_tests._platform_names(s) for s in run_tests.scenarios()}
     for integration in (s for s in names if s.startswith("integration")):
         for other, theirs in names.items():
