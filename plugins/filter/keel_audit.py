@@ -187,16 +187,13 @@ def keel_unit_findings(results: object, limits: object, default_limit: object) -
         limit = None if limit is None else float(limit)
         units.append({"unit": unit, "exposure": exposure, "limit": limit})
         if exposure is None:
-            found.append({"check": "units", "severity": "medium",
-                          "message": f"systemd-analyze security could not rate {unit}"})
+            found.append(_finding("units", "medium", f"systemd-analyze security could not rate {unit}"))
         elif limit is None:
-            found.append({"check": "units", "severity": "info",
-                          "message": f"{unit} is rated {exposure} by systemd-analyze security (no limit: "
-                                     "rated for the record)"})
+            found.append(_finding("units", "info", f"{unit} is rated {exposure} by systemd-analyze security "
+                                                   "(no limit: rated for the record)"))
         elif exposure > limit:
-            found.append({"check": "units", "severity": "high",
-                          "message": f"{unit} is rated {exposure} by systemd-analyze security (limit {limit}): "
-                                     "its sandbox was loosened"})
+            found.append(_finding("units", "high", f"{unit} is rated {exposure} by systemd-analyze security "
+                                                   f"(limit {limit}): its sandbox was loosened"))
     return {"units": units, "findings": found}
 
 
@@ -248,6 +245,7 @@ def keel_audit_summary(hosts: object, audited_at: object) -> str:
         raise AnsibleFilterError("keel_audit_summary needs a list of the hosts' variables")
     rows, details, missing = [], [], []
     total = dict.fromkeys(SEVERITIES, 0)
+    rank = {sev: i for i, sev in enumerate(SEVERITIES)}
     for host in hosts:
         name = str(host.get("inventory_hostname", "?"))
         findings = host.get("__keel_findings")
@@ -259,7 +257,6 @@ def keel_audit_summary(hosts: object, audited_at: object) -> str:
             total[sev] += counts[sev]
         groups = ", ".join(sorted(host.get("group_names") or []))
         rows.append(f"| {_cell(name)} | {_cell(groups)} | " + " | ".join(str(counts[s]) for s in SEVERITIES) + " |")
-        rank = {sev: i for i, sev in enumerate(SEVERITIES)}
         for finding in sorted(findings, key=lambda f: rank.get(f.get("severity"), len(SEVERITIES))):
             details.append(f"| {_cell(name)} | {_cell(finding.get('severity'))} | {_cell(finding.get('check'))} | "
                            f"{_cell(finding.get('message'))} |")

@@ -8,7 +8,6 @@ there at all; the module also runs through ansible-playbook (the library path of
 from __future__ import annotations
 
 import http.server
-import json
 import socket
 import subprocess
 import sys
@@ -23,7 +22,6 @@ sys.path.insert(0, str(ROOT / "plugins" / "modules"))
 
 import keel_wait_http as wait_http  # noqa: E402
 
-PLAYBOOK = str(ROOT / ".venv" / "bin" / "ansible-playbook")
 
 
 class Server:
@@ -111,12 +109,9 @@ def test_other_statuses_can_count_as_ready(servers):
 
 
 def play(tmp_path: Path, args: dict) -> subprocess.CompletedProcess:
-    playbook = tmp_path / "wait.yml"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": [
-        {"name": "Wait", "keel_wait_http": args}]}]))
-    return subprocess.run([PLAYBOOK, "-i", "localhost,", "-c", "local",
-                           "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    """The module on localhost through ansible-playbook (the shared throwaway-play helper)."""
+    from test_app_extra_env import run
+    return run(tmp_path, [{"name": "Wait", "keel_wait_http": args}], {})
 
 
 def test_through_ansible_playbook_a_url_not_ready_fails_the_task_naming_it(servers, tmp_path):
