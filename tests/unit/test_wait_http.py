@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT / "plugins" / "modules"))
 import keel_wait_http as wait_http  # noqa: E402
 
 
-
 class Server:
     """A loopback server whose /readyz answers 503 until ready_after seconds have passed."""
 
