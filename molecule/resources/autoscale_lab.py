@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,26 @@ class Running:
 
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    def keep_evidence(self, dest: Path, lb: str, since: float) -> Path:
+        """Copy what explains a failed request before Molecule prunes the scenario's files: the
+        autoscaler's log and audit, each job's output, and the load balancer's journal for
+        haproxy since `since` (epoch s) without its status-200 access lines."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for src in (self.log_path, self.audit_path):
+            if src.exists():
+                shutil.copy(src, dest / src.name)
+        jobs = Path(self.cfg["state_dir"]) / "jobs"
+        for job in sorted(jobs.iterdir()) if jobs.exists() else ():
+            for name in ("output.log", "rc"):
+                if (job / name).exists():
+                    shutil.copy(job / name, dest / f"job-{job.name}-{name}")
+        journal = subprocess.run(["docker", "exec", lb, "journalctl", "-u", "haproxy", "--no-pager",
+                                  "-o", "short-iso-precise", "--since", f"@{int(since)}"],
+                                 capture_output=True, text=True, timeout=120, check=False).stdout
+        (dest / f"{lb}-haproxy-journal.txt").write_text(
+            "".join(line + "\n" for line in journal.splitlines() if '"status":200,' not in line))
+        return dest
 
 
 def prometheus_query(base: str, expr: str) -> list[dict[str, Any]]:

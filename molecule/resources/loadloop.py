@@ -23,6 +23,7 @@ class Outcome:
     status: int  # 0: no HTTP answer (connection error, timeout)
     version: str
     error: str = ""
+    wall: float = 0.0  # time.time() when the outcome was known, to match against logs
 
 
 @dataclass
@@ -81,9 +82,9 @@ class LoadLoop:
                     if resp.status_code == 200:
                         version = resp.json().get("version", "")
                     error = "" if resp.status_code == 200 else resp.text[:200]
-                    outcome = Outcome(now, resp.status_code, version, error)
+                    outcome = Outcome(now, resp.status_code, version, error, time.time())
                 except httpx.HTTPError as exc:
-                    outcome = Outcome(now, 0, "", f"{type(exc).__name__}: {exc}"[:200])
+                    outcome = Outcome(now, 0, "", f"{type(exc).__name__}: {exc}"[:200], time.time())
                 with self._lock:
                     self.outcomes.append(outcome)
                 pause = next_at - time.monotonic()

@@ -389,6 +389,7 @@ def fd_ceiling() -> int:
     ({"haproxy_internal_paths": ["metrics"]}, "haproxy_internal_paths are paths such as /metrics"),
     ({"haproxy_internal_paths": ["/a' or '1"]}, "haproxy_internal_paths are paths such as /metrics"),
     ({"haproxy_allowed_methods": ["get"]}, "haproxy_allowed_methods are upper-case method names"),
+    ({"haproxy_reload_confirm_timeout": 0}, "haproxy_reload_confirm_timeout 1 to 600 seconds (got '0')"),
     ({"haproxy_chroot_enabled": "maybe"}, 'haproxy_chroot_enabled must be true or false (got "maybe")'),
     ({"haproxy_stats_port": 443}, "must all differ: two listeners cannot share a port"),
     ({"haproxy_http_port": 8443, "haproxy_https_port": 8443}, "must all differ"),

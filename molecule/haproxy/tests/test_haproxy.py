@@ -333,7 +333,8 @@ def test_a_master_that_can_no_longer_reload_is_restarted_with_the_checked_config
         return next(line for line in runtime_api(host, "show info").splitlines() if line.startswith("Pid:"))
     worker_before = worker()
     host.check_output(f"prlimit --pid {master} --nofile=1024:1024")  # as an earlier, smaller maxconn left it
-    extra = {"haproxy_frontend_extra_config": ["http-after-response set-header X-Keel-Recovered yes"]}
+    extra = {"haproxy_frontend_extra_config": ["http-after-response set-header X-Keel-Recovered yes"],
+             "haproxy_reload_confirm_timeout": 10}  # (60 s by default) the wait is the operator's to choose
     try:
         extra_file = tmp_path / "extra.json"
         extra_file.write_text(json.dumps(extra))
