@@ -53,6 +53,14 @@ BAD_INPUTS = {
                                      "is a scrape target of job autoscaler on port '70000', which is not a port"),
     "autoscaler_job_name_taken": ("prometheus", {"prometheus_scrape_jobs_extra": [
         {"name": "autoscaler", "group": "app", "port": 9180}]}, "job names must be unique"),
+    "edge_probe_job_name_taken": ("prometheus", {"prometheus_scrape_jobs_extra": [
+        {"name": "blackbox_edge", "group": "app", "port": 9180}]}, "job names must be unique"),
+    "edge_check_without_a_url": ("prometheus", {"prometheus_edge_probe_checks": [{"module": "edge_https_policy"}]},
+                                 "prometheus_edge_probe_checks items {module: a module name, url: an http(s):// URL"),
+    "edge_check_url_not_a_url": ("prometheus", {"prometheus_edge_probe_checks": [
+        {"module": "edge_https_policy", "url": "{host}:443"}]}, '\\"url\\": \\"{host}:443\\"}])'),  # JSON-escaped
+    "edge_probe_host_not_a_name": ("prometheus", {"prometheus_edge_probe_hosts": ["lb1 lb2"]},
+                                   'prometheus_edge_probe_hosts host names (got [\\"lb1 lb2\\"])'),
 }
 GOOD_INPUTS = {
     "good_prometheus": ("prometheus", {}),
@@ -196,6 +204,19 @@ def test_the_autoscaler_group_becomes_job_autoscaler_by_host_with_each_hosts_por
         (["10.0.0.31:9180"], {"instance": "mon1", "host": "mon1"}),  # the default 9180
     ]
     assert ["10.0.0.31:9999"] in [c["targets"] for c in jobs(run, "p_port")["autoscaler"]["static_configs"]]
+
+
+def test_every_load_balancer_gets_the_edge_policy_probes_each_with_its_module(run):
+    """Security review L7: job blackbox_edge, one target per probe, the module as URL parameter
+    and as the label policy (what KeelEdgePolicyProbeFailed names)."""
+    job = jobs(run, "p_autoscaler")["blackbox_edge"]
+    assert job["metrics_path"] == "/probe"
+    assert [(c["targets"], c["labels"]) for c in job["static_configs"]] == [
+        (["https://lb1/"], {"__param_module": "edge_https_policy", "policy": "edge_https_policy"}),
+        (["https://lb1/metrics"], {"__param_module": "edge_internal_hidden", "policy": "edge_internal_hidden"}),
+        (["http://lb1/"], {"__param_module": "edge_http_redirect", "policy": "edge_http_redirect"}),
+    ]
+    assert job["relabel_configs"][-1]["replacement"] == "10.0.0.31:9115"  # the monitoring host's exporter
 
 
 @pytest.mark.parametrize("host", ["p_empty", "p_absent", "p_off"])

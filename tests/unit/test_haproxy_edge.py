@@ -65,15 +65,15 @@ class Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def render_template(tmp_path: Path, template: str, dest: Path, extra: dict) -> Path:
+def render_template(tmp_path: Path, template: str, dest: Path, extra: dict, role: str = "haproxy") -> Path:
     """One of the role's templates with its defaults and vars and the given values."""
     (tmp_path / "extra.json").write_text(json.dumps({"ansible_managed": "test", **extra}))
     play = tmp_path / "render.yml"
     play.write_text(yaml.safe_dump([{
         "hosts": "localhost", "gather_facts": False,
-        "vars_files": [str(ROOT / "roles/haproxy/defaults/main.yml"), str(ROOT / "roles/haproxy/vars/main.yml")],
+        "vars_files": [str(ROOT / "roles" / role / "defaults/main.yml"), str(ROOT / "roles" / role / "vars/main.yml")],
         "tasks": [{"ansible.builtin.template": {
-            "src": str(ROOT / "roles/haproxy/templates" / template), "dest": str(dest), "mode": "0600"}}]}]))
+            "src": str(ROOT / "roles" / role / "templates" / template), "dest": str(dest), "mode": "0600"}}]}]))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
                ANSIBLE_NOCOLOR="1")
     res = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(play),
@@ -83,9 +83,9 @@ def render_template(tmp_path: Path, template: str, dest: Path, extra: dict) -> P
     return dest
 
 
-def render(tmp_path: Path, **overrides) -> tuple[Path, dict]:
+def render(tmp_path: Path, cert_from: Path | None = None, **overrides) -> tuple[Path, dict]:
     """haproxy.cfg from the role's template, defaults and vars, on local ports; the chroot is
-    a directory of the test's own."""
+    a directory of the test's own; the certificate is new, or cert_from's (another edge's)."""
     ports = {"haproxy_http_port": free_port(), "haproxy_https_port": free_port(), "haproxy_stats_port": free_port()}
     backend = free_port()
     extra = {"haproxy_bind_address": "127.0.0.1", "haproxy_stats_bind_address": "127.0.0.1",
@@ -96,9 +96,14 @@ def render(tmp_path: Path, **overrides) -> tuple[Path, dict]:
     chroot = tmp_path / "chroot"
     chroot.mkdir()
     pem = tmp_path / "site.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "key.pem"),
-                    "-out", str(tmp_path / "cert.pem")], check=True, capture_output=True)
+    if cert_from is not None:
+        for name in ("cert.pem", "key.pem"):
+            shutil.copy(cert_from / name, tmp_path / name)
+    else:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                       check=True, capture_output=True)
     pem.write_text((tmp_path / "cert.pem").read_text() + (tmp_path / "key.pem").read_text())
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(cfg.read_text().replace("/etc/haproxy/certs/site.pem", str(pem))
@@ -107,8 +112,8 @@ def render(tmp_path: Path, **overrides) -> tuple[Path, dict]:
     return cfg, {**ports, "backend": backend, "chroot": str(chroot)}
 
 
-def start(tmp_path: Path, **overrides):
-    cfg, ports = render(tmp_path, **overrides)
+def start(tmp_path: Path, cert_from: Path | None = None, **overrides):
+    cfg, ports = render(tmp_path, cert_from, **overrides)
     check = subprocess.run([HAPROXY, "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     app = http.server.ThreadingHTTPServer(("127.0.0.1", ports["backend"]), Echo)
@@ -125,7 +130,7 @@ def start(tmp_path: Path, **overrides):
     else:
         proc.kill()
         pytest.fail("HAProxy did not answer: " + proc.stderr.read().decode()[-2000:])
-    yield {**ports, "pid": proc.pid}
+    yield {**ports, "pid": proc.pid, "cert": str(tmp_path / "cert.pem")}
     proc.terminate()
     proc.wait(10)
     app.shutdown()

@@ -190,6 +190,8 @@ def test_prometheus_sees_every_target_of_the_inventory_up():
         | {("app", f"{host}:{port}") for host in APP_HOSTS for port in (8000, 8001)}
         | {("haproxy", "lb1"), ("prometheus", "obs1"), ("alertmanager", "obs1"), ("autoscaler", "obs1"),
            ("blackbox_exporter", "obs1"), ("blackbox", "https://lb1/")}
+        # the edge's policy probes (security review L7)
+        | {("blackbox_edge", url) for url in ("https://lb1/", "https://lb1/metrics", "http://lb1/")}
     )
 
     def targets() -> dict[tuple[str, str], str]:
@@ -203,9 +205,13 @@ def test_prometheus_sees_every_target_of_the_inventory_up():
     assert set(seen.values()) == {"up"}, seen
     # the public endpoint's probe: HTTPS through lb1 with the certificate checked against the lab CA
     probe = {r["metric"]["__name__"]: float(r["value"][1]) for r in prometheus(
-        "/api/v1/query", query='{__name__=~"probe_success|probe_ssl_earliest_cert_expiry", instance="https://lb1/"}')["result"]}
+        "/api/v1/query", query='{__name__=~"probe_success|probe_ssl_earliest_cert_expiry", job="blackbox", instance="https://lb1/"}')["result"]}
     assert probe["probe_success"] == 1, probe
     assert probe["probe_ssl_earliest_cert_expiry"] > time.time() + 14 * 86400, probe  # no KeelCertificateExpiresSoon
+    # the edge keeps its policy as the internet sees it: TLS 1.2+ with HSTS, /metrics 404, http -> https
+    policy = {r["metric"]["policy"]: r["value"][1] for r in prometheus(
+        "/api/v1/query", query='probe_success{job="blackbox_edge"}')["result"]}
+    assert policy == {"edge_https_policy": "1", "edge_internal_hidden": "1", "edge_http_redirect": "1"}, policy
 
 
 @pytest.fixture

@@ -106,7 +106,8 @@ def test_scrape_targets_come_from_the_inventory(mon1):
     targets = api("/api/v1/targets")["activeTargets"]
     # every target of an inventory host carries it as the label host (Alertmanager's
     # inhibition matches on it); the probes name URLs, not hosts
-    hosts = {t["labels"]["instance"]: t["labels"].get("host") for t in targets if t["labels"]["job"] != "blackbox"}
+    hosts = {t["labels"]["instance"]: t["labels"].get("host") for t in targets
+             if not t["labels"]["job"].startswith("blackbox")}
     assert hosts == {instance: instance.split(":")[0] for instance in hosts}, hosts
     seen = {(t["labels"]["job"], t["labels"]["instance"], t["scrapeUrl"]) for t in targets}
     assert seen == {
@@ -121,6 +122,13 @@ def test_scrape_targets_come_from_the_inventory(mon1):
         ("autoscaler", "mon1", "http://172.30.85.31:9180/metrics"),  # the group autoscaler
         # the load balancers' public endpoint, probed through mon1's blackbox_exporter
         ("blackbox", "https://node1/", "http://172.30.85.31:9115/probe?module=http_2xx&target=https%3A%2F%2Fnode1%2F"),
+        # and the edge's policy, one module per probe
+        ("blackbox_edge", "https://node1/",
+         "http://172.30.85.31:9115/probe?module=edge_https_policy&target=https%3A%2F%2Fnode1%2F"),
+        ("blackbox_edge", "https://node1/metrics",
+         "http://172.30.85.31:9115/probe?module=edge_internal_hidden&target=https%3A%2F%2Fnode1%2Fmetrics"),
+        ("blackbox_edge", "http://node1/",
+         "http://172.30.85.31:9115/probe?module=edge_http_redirect&target=http%3A%2F%2Fnode1%2F"),
     }, seen
 
 
