@@ -48,14 +48,14 @@ fi
 
 # ---------------------------------------------------------------- python venv
 step "python virtualenv ($KEEL_VENV)"
-venv_hash=$(hash_files "$KEEL_ROOT/requirements-dev.txt" "$KEEL_ROOT/constraints.txt" "$KEEL_ROOT/app/requirements.txt")
+venv_hash=$(hash_files "$KEEL_ROOT/requirements-dev.txt" "$KEEL_ROOT/constraints.txt" "$KEEL_ROOT/app/requirements.in")
 if [ -x "$KEEL_VENV/bin/ansible-playbook" ] && [ "$(cat "$KEEL_VENV/.keel-stamp" 2>/dev/null)" = "$venv_hash" ]; then
   log "up to date ($venv_hash)"
 else
   log "creating with pinned requirements (tooling + the reference app's runtime, for its tests)"
   python3 -m venv "$KEEL_VENV"
   "$KEEL_VENV/bin/pip" install -q --disable-pip-version-check \
-    -r "$KEEL_ROOT/requirements-dev.txt" -r "$KEEL_ROOT/app/requirements.txt" -c "$KEEL_ROOT/constraints.txt" 2> >(grep -v "^WARNING: Location" >&2)
+    -r "$KEEL_ROOT/requirements-dev.txt" -r "$KEEL_ROOT/app/requirements.in" -c "$KEEL_ROOT/constraints.txt" 2> >(grep -v "^WARNING: Location" >&2)
   printf '%s' "$venv_hash" > "$KEEL_VENV/.keel-stamp"
   log "installed: $("$KEEL_VENV/bin/ansible" --version | head -1)"
 fi

@@ -1,7 +1,7 @@
 """Fixtures for keel_app's tests.
 
 keel_app is imported from app/src when it is not installed. Its dependencies
-(app/requirements.txt) must be installed for these tests to run; each test
+(app/requirements.in) must be installed for these tests to run; each test
 module fails when they are not (scripts/setup.sh installs them into .venv).
 This file imports nothing from them at import time for that reason.
 """
