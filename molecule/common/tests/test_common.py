@@ -167,6 +167,9 @@ BAD_INPUTS = {
                          "is not an IANA time zone"),
     "illegal_hostname": ({"common_hostname": "web_01!"},
                          "is not a valid hostname"),
+    # security review L8: alice and bob (GOOD_CHANGES) have key files, not security keys
+    "human_admin_without_a_security_key": ({"common_admin_require_security_keys": True},
+                                           "common_admin_require_security_keys is true, but admin 'alice'"),
 }
 
 
