@@ -2,7 +2,8 @@
 common_admin_require_security_keys, the common role's preflight refuses a human admin with a
 key file; hardware security keys (sk-*) pass, and so do the automation accounts it exempts.
 
-One ansible-playbook run of the role's preflight on this machine, one host per case (named after it, "-" for "_": a hostname).
+One ansible-playbook run of the role's preflight on this machine, one host per case (named after
+it, "-" for "_": a hostname).
 """
 
 from __future__ import annotations

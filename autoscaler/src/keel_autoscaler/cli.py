@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     prom = Prometheus(cfg["prometheus"]["url"], cfg["prometheus"]["timeout"])
     scaler = Autoscaler(cfg, s.policy, prom, executor, provider, inventory)
     token = c.read_secret(cfg["token_file"]) if cfg.get("token_file") else None
+    scaler.restore()  # a restart's cooldown and back-off are in /metrics from its first answer
     httpd = serve(scaler, cfg["listen"]["address"], int(cfg["listen"]["port"]), token)
     stop = threading.Event()
 

@@ -59,6 +59,7 @@ class Autoscaler:
         self.last_decision: d.Decision | None = None
         self.last_observation: dict[str, Any] = {}
         self.release_mismatch = False
+        self._restored = False
         self.metrics.set("keel_autoscaler_dry_run", 1 if self.mode == "dry-run" else 0)
         self.metrics.set("keel_autoscaler_min_nodes", policy.min_nodes)
         self.metrics.set("keel_autoscaler_max_nodes", policy.max_nodes)
@@ -465,8 +466,26 @@ class Autoscaler:
                     "last": self.last_observation,
                     "action_running": bool(self._worker and self._worker.is_alive())}
 
-    def run(self, stop: threading.Event) -> None:
+    def export_restored_state(self, now: float) -> None:
+        """What the state file says, in /metrics from the start: a restarted autoscaler shows its
+        cooldown, back-off and last actions before its first evaluation has answered."""
+        m = self.metrics
+        m.set("keel_autoscaler_cooldown_remaining_seconds", d.cooldown_remaining(self.policy, self.state, now))
+        m.set("keel_autoscaler_backoff_remaining_seconds", max(0.0, self.state.backoff_until - now))
+        m.set("keel_autoscaler_frozen", 1 if self.state.frozen_reason else 0, reason="operator")
+        m.set("keel_autoscaler_frozen", 1 if self.state_error else 0, reason="state")
+        for direction, at in self.state.last_action.items():
+            m.set("keel_autoscaler_last_action_timestamp_seconds", at, direction=direction)
+
+    def restore(self) -> None:
+        """Read the state file and show it in /metrics (the service does this before it answers)."""
         self.load_state()
+        self.export_restored_state(self.clock())
+        self._restored = True
+
+    def run(self, stop: threading.Event) -> None:
+        if not self._restored:
+            self.restore()
         self.reconcile()
         interval = self.policy.evaluation_interval
         trigger = "start"

@@ -186,6 +186,10 @@ def test_restart_keeps_the_cooldown(rig):
     clock.t += 10
     again, _, _, ex2, _ = rig(clock=clock, prom=prom)
     assert again.state.last_action[d.UP] == started
+    # before its first evaluation, the restarted process already shows the cooldown it restored
+    again.restore()
+    assert again.metrics.get("keel_autoscaler_cooldown_remaining_seconds") == pytest.approx(600 - 10)
+    assert again.metrics.get("keel_autoscaler_last_action_timestamp_seconds", direction="up") == started
     serve_load(prom, 100, ["app1", "app2", "app3", "app4"])
     clock.t += 200
     entry = again.evaluate()
