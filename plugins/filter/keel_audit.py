@@ -7,6 +7,8 @@ judge what a host does against a fixed baseline instead:
   keel_ssh_baseline(effective)            sshd -T settings (lower-case keys)
   keel_firewall_baseline(ruleset, ...)    nft list ruleset text: what the input chain of
                                           keel's table accepts from anywhere
+  keel_firewall_sources(ruleset, decl)    nft list ruleset text: every source an accept rule
+                                          admits lies within what the inventory declares
   keel_socket_findings(sockets, ...)      listening TCP and UDP sockets against the ports
                                           the firewall role declares open
   keel_unit_findings(results, limits, d)  systemd-analyze security of the units against each
@@ -128,6 +130,99 @@ def keel_firewall_baseline(ruleset: object, public_ports: object = (80, 443), ss
                 span = str(low) if low == high else f"{low}-{high}"
                 found.append(_finding("firewall", "high", f"{proto} {span} is open to the world: {rule} "
                                                           f"(baseline: only {', '.join(map(str, sorted(public)))})"))
+    return found
+
+
+_SET = re.compile(r"(?ms)^\s*set (\S+) \{$(.*?)^\s*\}$")
+_ELEMENTS = re.compile(r"(?s)elements = \{(.*?)\}")
+
+
+def _networks(items: object) -> list:
+    """ip_network objects of CIDRs, addresses and a-b ranges; what does not parse is skipped."""
+    import ipaddress
+
+    out = []
+    for item in items or []:
+        text = str(item).strip()
+        if "-" in text and "/" not in text:
+            low, _, high = text.partition("-")
+            try:
+                out += list(ipaddress.summarize_address_range(ipaddress.ip_address(low.strip()),
+                                                              ipaddress.ip_address(high.strip())))
+            except ValueError:
+                continue
+            continue
+        try:
+            out.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            continue
+    return out
+
+
+def _within(net, allowed: list) -> bool:
+    return any(net.version == a.version and net.subnet_of(a) for a in allowed)
+
+
+def keel_firewall_sources(ruleset: object, declared: object) -> list:
+    """Every source an accept rule of keel's input chain admits, within what the inventory declares.
+
+    declared is the firewall role's firewall_exposure for this host: {service, port, proto,
+    sources}. A rule admitting an address (inline or through a named set) beyond the declared
+    sources of its port, or admitting every port from an address, is medium: the loaded table is
+    not the one the inventory describes (a hand edit, a stale rule). Rules open to the world are
+    keel_firewall_baseline's; established traffic, loopback, ICMP and the DHCPv6 client's replies
+    are not judged.
+    """
+    if not isinstance(ruleset, str) or not isinstance(declared, list):
+        raise AnsibleFilterError("keel_firewall_sources needs nft list ruleset's text and firewall_exposure's list")
+    table = _TABLE.search(ruleset)
+    chain = _CHAIN.search(table.group(0)) if table else None
+    if chain is None:
+        return []
+    sets = {}
+    for match in _SET.finditer(table.group(0)):
+        elements = _ELEMENTS.search(match.group(2))
+        sets[match.group(1)] = [e for e in elements.group(1).replace("\n", " ").split(",")] if elements else []
+    allowed: dict = {}
+    for item in declared:
+        if isinstance(item, dict):
+            for low, high in _ports(str(item.get("port"))):
+                for port in range(low, min(high, low + 65535) + 1):
+                    allowed.setdefault((str(item.get("proto")), port), []).extend(_networks(item.get("sources")))
+    found = []
+    for raw in chain.group(1).splitlines():
+        rule = raw.split(" comment ", 1)[0].strip()
+        if not re.search(r"\baccept$", rule) or rule.startswith(("type ", "policy ")):
+            continue
+        if re.search(r"\bct state (established|related|invalid)(,(established|related|invalid))*\b"
+                     r"|\biif(name)? \"?lo\"?(\s|$)|\bicmp(v6)?\b|\budp sport 547 udp dport 546\b", rule):
+            continue
+        names: list = []
+        for _family, spec in _SADDR.findall(rule):
+            if spec.startswith("@"):
+                if spec[1:] not in sets:
+                    found.append(_finding("firewall", "low", f"a rule admits the set {spec}, which the table does not "
+                                                             f"define: {rule}"))
+                names += sets.get(spec[1:], [])
+            else:
+                names += spec.strip("{} ").split(",")
+        sources = [net for net in _networks(names) if net.prefixlen > 0]  # the world: the baseline's
+        if not sources:
+            continue
+        ports = [(proto, span) for proto, spec in _DPORT.findall(rule) for span in _ports(spec)]
+        if not ports:  # no inventory declares "every port"
+            found.append(_finding("firewall", "medium", f"the input chain accepts every port from "
+                                                        f"{', '.join(map(str, sources))}: {rule}"))
+            continue
+        for proto, (low, high) in ports:
+            for port in range(low, min(high, low + 1024) + 1):
+                outside = [str(net) for net in sources if not _within(net, allowed.get((proto, port), []))]
+                if outside:
+                    declared_here = ", ".join(map(str, allowed.get((proto, port), []))) or "nothing"
+                    found.append(_finding("firewall", "medium",
+                                          f"{proto} {port} accepts {', '.join(outside)}, beyond what the inventory "
+                                          f"declares for it ({declared_here}): {rule}"))
+                    break  # one finding per rule and protocol
     return found
 
 
@@ -280,6 +375,7 @@ class FilterModule:
         return {
             "keel_ssh_baseline": keel_ssh_baseline,
             "keel_firewall_baseline": keel_firewall_baseline,
+            "keel_firewall_sources": keel_firewall_sources,
             "keel_socket_findings": keel_socket_findings,
             "keel_unit_findings": keel_unit_findings,
             "keel_audit_summary": keel_audit_summary,

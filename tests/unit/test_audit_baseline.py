@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins" / "filter
 from keel_audit import (
     keel_audit_summary,
     keel_firewall_baseline,
+    keel_firewall_sources,
     keel_socket_findings,
     keel_ssh_baseline,
     keel_unit_findings,
@@ -197,3 +198,62 @@ def test_aides_last_result_is_judged(prom, expected):
     found = keel_aide_findings(prom, NOW)
     assert sev(found) == expected, found
     assert all(f["check"] == "aide" for f in found)
+
+
+# ---------------------------------------------------------------- accept rules' sources (M7)
+def keel_table(*rules: str, svc_elements: str = "10.0.1.10, 10.0.1.11") -> str:
+    """keel's table as nft list ruleset prints it: named sets (one wraps over two lines), rules."""
+    body = "\n".join(f"\t\t{r}" for r in rules)
+    return ("table inet keel_filter {\n\tset admin_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n"
+            "\t\telements = { 10.0.0.0/24,\n\t\t\t     192.0.2.7 }\n\t}\n"
+            "\tset admin_v6 {\n\t\ttype ipv6_addr\n\t\tflags interval\n\t\telements = { 2001:db8::/64 }\n\t}\n"
+            f"\tset svc_node_exporter_v4 {{\n\t\ttype ipv4_addr\n\t\tflags interval\n"
+            f"\t\telements = {{ {svc_elements} }}\n\t}}\n"
+            f"\tchain input {{\n\t\ttype filter hook input priority filter; policy drop;\n{body}\n\t}}\n}}\n")
+
+
+EXPOSURE = [
+    {"service": "ssh", "port": 22, "proto": "tcp", "sources": ["10.0.0.0/24", "192.0.2.7/32", "2001:db8::/64"]},
+    {"service": "web", "port": 443, "proto": "tcp", "sources": ["0.0.0.0/0", "::/0"]},
+    {"service": "node_exporter", "port": 9100, "proto": "tcp", "sources": ["10.0.1.10/32", "10.0.1.11/32"]},
+]
+KEEL_RULES = ('ct state established,related accept', 'iif "lo" accept',
+              'tcp dport 22 ip saddr @admin_v4 accept comment "ssh: admin networks"',
+              'tcp dport 22 ip6 saddr @admin_v6 accept comment "ssh: admin networks"',
+              'tcp dport { 80, 443 } accept comment "web"',
+              'ip saddr @svc_node_exporter_v4 tcp dport 9100 accept comment "node_exporter"',
+              'ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept comment "dhcpv6 client"')
+
+
+def test_a_table_that_matches_the_inventory_has_no_finding():
+    assert keel_firewall_sources(keel_table(*KEEL_RULES), EXPOSURE) == []
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    # a hand-added rule: a source the inventory never declared for the port
+    ({"rule": "ip saddr 203.0.113.9 tcp dport 9100 accept"}, "tcp 9100 accepts 203.0.113.9/32, beyond"),
+    # a stale set: a host removed from the inventory still in the loaded set
+    ({"svc_elements": "10.0.1.10, 10.0.1.11, 10.0.1.99"}, "tcp 9100 accepts 10.0.1.99/32, beyond"),
+    # a wider network than declared
+    ({"rule": "ip saddr 10.0.0.0/16 tcp dport 22 accept"}, "tcp 22 accepts 10.0.0.0/16, beyond"),
+    # a port the inventory does not open at all
+    ({"rule": "ip saddr @admin_v4 tcp dport 5432 accept"}, "declares for it (nothing)"),
+    # every port from one address
+    ({"rule": "ip saddr 10.0.1.10 accept"}, "accepts every port from 10.0.1.10/32"),
+    # an IPv6 source against IPv4-only declarations
+    ({"rule": "ip6 saddr 2001:db8:1::/48 tcp dport 9100 accept"}, "accepts 2001:db8:1::/48, beyond"),
+])
+def test_a_source_beyond_the_inventory_is_medium(change, says):
+    rules = (*KEEL_RULES, change["rule"]) if "rule" in change else KEEL_RULES
+    found = keel_firewall_sources(keel_table(*rules, svc_elements=change.get("svc_elements", "10.0.1.10, 10.0.1.11")),
+                                  EXPOSURE)
+    assert [f["severity"] for f in found] == ["medium"], found
+    assert says in found[0]["message"], found
+
+
+def test_an_undefined_set_and_bad_arguments():
+    found = keel_firewall_sources(keel_table(*KEEL_RULES, "ip saddr @nosuch tcp dport 22 accept"), EXPOSURE)
+    assert [(f["severity"], "@nosuch" in f["message"]) for f in found] == [("low", True)]
+    assert keel_firewall_sources("table inet other {\n}\n", EXPOSURE) == []
+    with pytest.raises(AnsibleFilterError):
+        keel_firewall_sources(None, EXPOSURE)
