@@ -88,6 +88,26 @@ def _ports(spec: str) -> list[tuple[int, int]]:
     return out
 
 
+def _judged_accepts(ruleset: str) -> tuple[str, list[str]] | None:
+    """keel's table text and the accept rules of its input chain that a judgement looks at
+    (not established traffic, loopback, ICMP or the DHCPv6 client's replies); None without the
+    table."""
+    table = _TABLE.search(ruleset)
+    chain = _CHAIN.search(table.group(0)) if table else None
+    if chain is None:
+        return None
+    rules = []
+    for raw in chain.group(1).splitlines():
+        rule = raw.split(" comment ", 1)[0].strip()
+        if not re.search(r"\baccept$", rule) or rule.startswith(("type ", "policy ")):
+            continue
+        if re.search(r"\bct state (established|related|invalid)(,(established|related|invalid))*\b"
+                     r"|\biif(name)? \"?lo\"?(\s|$)|\bicmp(v6)?\b|\budp sport 547 udp dport 546\b", rule):
+            continue
+        rules.append(rule)
+    return table.group(0), rules
+
+
 def keel_firewall_baseline(ruleset: object, public_ports: object = (80, 443), ssh_ports: object = (22,)) -> list:
     """What the input chain of inet keel_filter accepts from any source address.
 
@@ -99,20 +119,13 @@ def keel_firewall_baseline(ruleset: object, public_ports: object = (80, 443), ss
     """
     if not isinstance(ruleset, str):
         raise AnsibleFilterError("keel_firewall_baseline needs nft list ruleset's text")
-    table = _TABLE.search(ruleset)
-    chain = _CHAIN.search(table.group(0)) if table else None
-    if chain is None:
+    judged = _judged_accepts(ruleset)
+    if judged is None:
         return []  # no table: the existing critical finding says so
     public = {int(p) for p in public_ports or []}
     ssh = {int(p) for p in ssh_ports or []}
     found = []
-    for raw in chain.group(1).splitlines():
-        rule = raw.split(" comment ", 1)[0].strip()
-        if not re.search(r"\baccept$", rule) or rule.startswith(("type ", "policy ")):
-            continue
-        if re.search(r"\bct state (established|related|invalid)(,(established|related|invalid))*\b"
-                     r"|\biif(name)? \"?lo\"?(\s|$)|\bicmp(v6)?\b", rule):
-            continue
+    for rule in judged[1]:
         sources = [m.group(2).strip("{} ") for m in _SADDR.finditer(rule)]
         world = not sources or any(s.strip() in _WORLD for src in sources for s in src.split(","))
         if not world:
@@ -175,12 +188,12 @@ def keel_firewall_sources(ruleset: object, declared: object) -> list:
     """
     if not isinstance(ruleset, str) or not isinstance(declared, list):
         raise AnsibleFilterError("keel_firewall_sources needs nft list ruleset's text and firewall_exposure's list")
-    table = _TABLE.search(ruleset)
-    chain = _CHAIN.search(table.group(0)) if table else None
-    if chain is None:
+    judged = _judged_accepts(ruleset)
+    if judged is None:
         return []
+    table, rules = judged
     sets = {}
-    for match in _SET.finditer(table.group(0)):
+    for match in _SET.finditer(table):
         elements = _ELEMENTS.search(match.group(2))
         sets[match.group(1)] = [e for e in elements.group(1).replace("\n", " ").split(",")] if elements else []
     allowed: dict = {}
@@ -190,13 +203,7 @@ def keel_firewall_sources(ruleset: object, declared: object) -> list:
                 for port in range(low, min(high, low + 65535) + 1):
                     allowed.setdefault((str(item.get("proto")), port), []).extend(_networks(item.get("sources")))
     found = []
-    for raw in chain.group(1).splitlines():
-        rule = raw.split(" comment ", 1)[0].strip()
-        if not re.search(r"\baccept$", rule) or rule.startswith(("type ", "policy ")):
-            continue
-        if re.search(r"\bct state (established|related|invalid)(,(established|related|invalid))*\b"
-                     r"|\biif(name)? \"?lo\"?(\s|$)|\bicmp(v6)?\b|\budp sport 547 udp dport 546\b", rule):
-            continue
+    for rule in rules:
         names: list = []
         for _family, spec in _SADDR.findall(rule):
             if spec.startswith("@"):
