@@ -12,7 +12,7 @@
 # KEEL_RELEASE_ENV="KEY=value ..." ships release-specific environment in the
 # release (release.env, read by every instance); tests use it to build a release
 # that never becomes ready (KEEL_APP_FAIL_READINESS=1).
-# Output: $KEEL_CACHE/releases/keel-app-VERSION.tar.gz (+ .sha256)
+# Output: $KEEL_CACHE/releases/keel-app-VERSION.tar.gz (+ .sha256, and .cdx.json: its SBOM)
 set -euo pipefail
 . "$(dirname "$0")/lib/common.sh"
 version="${1:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$KEEL_ROOT/app/pyproject.toml")}"
@@ -65,4 +65,6 @@ PY
   printf '%s' "$src_hash" > "$tarball.src"
 fi
 sha256sum "$tarball" | cut -d' ' -f1 > "$tarball.sha256"
+# the release's bill of materials beside it (CycloneDX: its wheels, keel's pinned binaries)
+"$KEEL_VENV/bin/python" "$KEEL_ROOT/scripts/sbom.py" --release "$tarball" --out "${tarball%.tar.gz}.cdx.json" >/dev/null
 echo "$tarball $(cat "$tarball.sha256")"

@@ -10,6 +10,7 @@ role's install task (run here exactly as the role writes it) installs with
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -58,6 +59,8 @@ def release(tmp_path_factory) -> Path:
                          text=True, timeout=600, check=False, env={**os.environ, "KEEL_CACHE": str(cache)})
     assert out.returncode == 0, out.stdout + out.stderr
     tarball = Path(out.stdout.strip().splitlines()[-1].split()[0])
+    sbom = json.loads(tarball.with_name(tarball.name.replace(".tar.gz", ".cdx.json")).read_text())
+    assert "pkg:pypi/keel-app@1.0.0" in {c["purl"] for c in sbom["components"]}  # its SBOM beside it
     dest = tmp_path_factory.mktemp("release")
     with tarfile.open(tarball) as tar:
         tar.extractall(dest, filter="data")
