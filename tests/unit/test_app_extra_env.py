@@ -5,17 +5,13 @@ refused by the role's preflight before anything changes."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from keel_test_helpers import local_play
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 NASTY = {
     "DB_PASSWORD": 'p$(touch CANARY)a`touch CANARY`s"s\\w\'o$HOME rd;touch CANARY',
     "PLAIN": "postgresql://keel:s3cret@db.internal/keel",
@@ -24,21 +20,9 @@ NASTY = {
 }
 
 
-def run(tmp_path: Path, tasks: list[dict], extra: dict, facts: bool = False) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "extra.json").write_text(json.dumps(extra))
-    play = tmp_path / "play.yml"
-    play.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": facts, "tasks": tasks}]))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_NOCOLOR="1")
-    return subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(play),
-                           "-e", f"@{tmp_path / 'extra.json'}", "-e", f"ansible_python_interpreter={sys.executable}"],
-                          cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180, check=False)
-
-
 def render(tmp_path: Path, extra_env: dict) -> Path:
     dest = tmp_path / "common.env"
-    res = run(tmp_path, [{"ansible.builtin.template": {
+    res = local_play(tmp_path, [{"ansible.builtin.template": {
         "src": str(ROOT / "roles/app/templates/etc/keel-app/common.env.j2"), "dest": str(dest), "mode": "0600"}}],
         {"ansible_managed": "test", "__app_version": "1.0.0", "app_drain_seconds": 1, "app_shutdown_timeout": 5,
          "app_log_level": "info", "app_trace_sample_ratio": 1, "app_otlp_endpoint": "", "app_extra_env": extra_env})
@@ -91,7 +75,7 @@ def test_systemd_reads_the_same_values(tmp_path):
     ({"CR": "a\rb"}, "CR"),
 ])
 def test_preflight_refuses_names_and_line_breaks(tmp_path, extra_env, says):
-    res = run(tmp_path, [{"ansible.builtin.include_role": {"name": "app", "tasks_from": "preflight"}}],
+    res = local_play(tmp_path, [{"ansible.builtin.include_role": {"name": "app", "tasks_from": "preflight"}}],
               {"app_extra_env": extra_env, "app_release_version": "1.0.0", "app_release_file": "/tmp/x.tar.gz",
                "app_release_sha256": "0" * 64}, facts=True)
     out = " ".join(res.stdout.split())
@@ -101,7 +85,7 @@ def test_preflight_refuses_names_and_line_breaks(tmp_path, extra_env, says):
 
 
 def test_preflight_accepts_secrets_with_any_other_character(tmp_path):
-    res = run(tmp_path, [{"ansible.builtin.include_role": {"name": "app", "tasks_from": "preflight"}}],
+    res = local_play(tmp_path, [{"ansible.builtin.include_role": {"name": "app", "tasks_from": "preflight"}}],
               {"app_extra_env": NASTY, "app_release_version": "1.0.0", "app_release_file": "/tmp/x.tar.gz",
                "app_release_sha256": "0" * 64}, facts=True)
     assert "app_extra_env must map" not in res.stdout, res.stdout[-2000:]

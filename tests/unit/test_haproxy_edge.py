@@ -19,16 +19,14 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-import yaml
+from keel_test_helpers import local_play
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -67,18 +65,10 @@ class Echo(http.server.BaseHTTPRequestHandler):
 
 def render_template(tmp_path: Path, template: str, dest: Path, extra: dict, role: str = "haproxy") -> Path:
     """One of the role's templates with its defaults and vars and the given values."""
-    (tmp_path / "extra.json").write_text(json.dumps({"ansible_managed": "test", **extra}))
-    play = tmp_path / "render.yml"
-    play.write_text(yaml.safe_dump([{
-        "hosts": "localhost", "gather_facts": False,
-        "vars_files": [str(ROOT / "roles" / role / "defaults/main.yml"), str(ROOT / "roles" / role / "vars/main.yml")],
-        "tasks": [{"ansible.builtin.template": {
-            "src": str(ROOT / "roles" / role / "templates" / template), "dest": str(dest), "mode": "0600"}}]}]))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_NOCOLOR="1")
-    res = subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(play),
-                          "-e", f"@{tmp_path / 'extra.json'}", "-e", f"ansible_python_interpreter={sys.executable}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+    res = local_play(tmp_path, [{"ansible.builtin.template": {
+        "src": str(ROOT / "roles" / role / "templates" / template), "dest": str(dest), "mode": "0600"}}],
+        {"ansible_managed": "test", **extra},
+        vars_files=[str(ROOT / "roles" / role / "defaults/main.yml"), str(ROOT / "roles" / role / "vars/main.yml")])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     return dest
 
@@ -369,15 +359,8 @@ def test_transfer_encoding_wins_and_the_backend_gets_one_framing_and_one_request
 
 def preflight(tmp_path: Path, **overrides) -> subprocess.CompletedProcess[str]:
     """The role's preflight on this machine (Debian 12) with the given inputs."""
-    (tmp_path / "extra.json").write_text(json.dumps({"haproxy_maxconn": 2000, **overrides}))
-    play = tmp_path / "preflight.yml"
-    play.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": True, "tasks": [
-        {"ansible.builtin.include_role": {"name": "haproxy", "tasks_from": "preflight"}}]}]))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_NOCOLOR="1")
-    return subprocess.run([str(PLAYBOOK), "-i", "localhost,", "-c", "local", str(play),
-                           "-e", f"@{tmp_path / 'extra.json'}", "-e", f"ansible_python_interpreter={sys.executable}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180, check=False)
+    return local_play(tmp_path, [{"ansible.builtin.include_role": {"name": "haproxy", "tasks_from": "preflight"}}],
+                      {"haproxy_maxconn": 2000, **overrides}, facts=True)
 
 
 def fd_ceiling() -> int:

@@ -109,7 +109,7 @@ def test_other_statuses_can_count_as_ready(servers):
 
 def play(tmp_path: Path, args: dict) -> subprocess.CompletedProcess:
     """The module on localhost through ansible-playbook (the shared throwaway-play helper)."""
-    from test_app_extra_env import run
+    from keel_test_helpers import local_play as run
     return run(tmp_path, [{"name": "Wait", "keel_wait_http": args}], {})
 
 
@@ -140,7 +140,7 @@ def test_bad_arguments_are_refused_with_what_to_fix(tmp_path, args, says):
 
 @pytest.mark.parametrize("timeout", [0, -5, "1m", 7200])
 def test_the_app_role_refuses_a_readiness_timeout_out_of_range_in_preflight(tmp_path, timeout):
-    from test_app_extra_env import run  # the app role's preflight on localhost
+    from keel_test_helpers import local_play as run  # the app role's preflight on localhost
     res = run(tmp_path, [{"ansible.builtin.include_role": {"name": "app", "tasks_from": "preflight"}}],
               {"app_ready_timeout": timeout, "app_release_version": "1.0.0", "app_release_file": "/tmp/x.tar.gz",
                "app_release_sha256": "0" * 64}, facts=True)
