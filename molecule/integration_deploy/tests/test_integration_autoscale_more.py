@@ -183,6 +183,11 @@ def test_deploy_freezes_the_autoscaler_and_the_new_host_gets_the_deployed_releas
             deployed_at = outcome["at"]
             wait_until(lambda: "app3" in serving_hosts(), 900, 3,
                        what=f"the scale-out after the deploy; {scaler.tail()}")
+            # HAProxy sends to app3 before add-node.yml ends (it still waits for Prometheus): the
+            # action is in the audit once it has closed
+            wait_until(lambda: any(a["intent"]["direction"] == "up" for a in scaler.actions())
+                       and scaler.metric("keel_autoscaler_intent_age_seconds") == 0, 300, 2,
+                       what=f"the scale-out to close; {scaler.tail()}")
     finally:
         scaler.stop()
     evaluations = [e for e in scaler.audit() if e.get("event") == "evaluation"]
