@@ -322,13 +322,16 @@ BAD_INPUTS = {
 # preflights only; the sshd -t cases need the whole converge (validation happens
 # when the candidate drop-in is written), which also shows a full run stops there.
 PREFLIGHT_CASES = {"no_admin_key", "unsupported_algorithm", "match_block"}
+DEBIAN12_ONLY = {"conflicts_with_main_config"}
 PREFLIGHT_ONLY = ("--tags", "keel_no_such_tag")
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_rejected_before_any_change(host, case, tmp_path):
-    """Each case on one host, osh12 and osh13 in turn (see test_os_hardening.case_host)."""
-    runs_on = ("osh12", "osh13")[sorted(BAD_INPUTS).index(case) % 2]
+    """Each case on one host, osh12 and osh13 in turn (see test_os_hardening.case_host), except
+    the in-context case: Debian 13's OpenSSH accepts a second sftp Subsystem line (seen: that
+    converge went through), so its premise holds on Debian 12 only."""
+    runs_on = "osh12" if case in DEBIAN12_ONLY else ("osh12", "osh13")[sorted(BAD_INPUTS).index(case) % 2]
     if name(host) != runs_on:
         pytest.skip(f"run once, on {runs_on}")
     overrides, messages = BAD_INPUTS[case]
