@@ -42,9 +42,7 @@ else
     || die "the dependencies do not match app/requirements.txt's hashes (or are not wheels); see above"
   # keel-app itself, from source; the build backend is this venv's setuptools when
   # pyproject.toml accepts it (no index), else pip's isolated build fetches one.
-  isolation=()
-  "$KEEL_VENV/bin/python" -c 'import sys, setuptools; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' \
-    2>/dev/null && isolation=(--no-build-isolation)
+  read -r -a isolation <<< "$(build_isolation_flag "$KEEL_VENV/bin/python")"
   SOURCE_DATE_EPOCH=315532800 "$KEEL_VENV/bin/pip" wheel -q --disable-pip-version-check --no-deps \
     "${isolation[@]}" -w "$wheels" "$work/src" 2> >(grep -v "^WARNING: Location" >&2)
   cp "$KEEL_ROOT/app/requirements.txt" "$work/keel-app-$version/requirements.txt"

@@ -40,9 +40,7 @@ else
   # The backend is taken from this Python when its setuptools is one
   # pyproject.toml accepts (>= 77: no index needed); otherwise pip fetches it, as
   # scripts/build-app-release.sh does.
-  isolation=()
-  "$python" -c 'import sys, setuptools; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null \
-    && isolation=(--no-build-isolation)
+  read -r -a isolation <<< "$(build_isolation_flag "$python")"
   SOURCE_DATE_EPOCH=315532800 PYTHONHASHSEED=0 "$python" -m pip wheel -q --disable-pip-version-check --no-deps \
     "${isolation[@]}" -w "$work/dist" "$work/src" 2> >(grep -v "^WARNING: Location" >&2)
   built=("$work"/dist/keel_autoscaler-*.whl)

@@ -33,3 +33,11 @@ stamp_set() { mkdir -p "$KEEL_CACHE/stamps" && printf '%s' "$2" > "$KEEL_CACHE/s
 need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (run with sudo)"; }
 
 docker_ok() { docker info >/dev/null 2>&1; }
+# pip wheel's build-isolation flag for keel's packages (pyproject: setuptools >= 77):
+# --no-build-isolation when PYTHON ($1) has such a setuptools, so the build needs
+# no index for its backend; nothing (pip fetches one) otherwise.
+build_isolation_flag() {
+  "$1" -c 'import sys, setuptools; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null \
+    && echo --no-build-isolation
+  return 0
+}
