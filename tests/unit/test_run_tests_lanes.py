@@ -44,9 +44,18 @@ def test_one_job_gives_one_lane(monkeypatch, tmp_path):
 
 
 def test_real_scenarios_platform_names_are_read_from_their_files():
-    # common has no platforms of its own: it uses the shared base's debian12/debian13
-    assert run_tests._platform_names("common") == {"debian12", "debian13"}
+    assert run_tests._platform_names("hardening") == {"osh12", "osh13"}
     assert "lb1" in run_tests._platform_names("integration_deploy")
+
+
+def test_a_scenario_without_platforms_of_its_own_gets_the_shared_bases(monkeypatch, tmp_path):
+    base = (run_tests.ROOT / ".config" / "molecule" / "config.yml").read_text()
+    (tmp_path / "molecule" / "bare").mkdir(parents=True)
+    (tmp_path / "molecule" / "bare" / "molecule.yml").write_text("---\nprovisioner:\n  name: ansible\n")
+    (tmp_path / ".config" / "molecule").mkdir(parents=True)
+    (tmp_path / ".config" / "molecule" / "config.yml").write_text(base)
+    monkeypatch.setattr(run_tests, "ROOT", tmp_path)
+    assert run_tests._platform_names("bare") == {"debian12", "debian13"}
 
 
 def test_passed_scenarios_update_the_recorded_durations(monkeypatch, tmp_path):
@@ -98,6 +107,7 @@ def test_no_role_scenario_shares_a_container_name_with_an_integration_scenario()
 
 
 def test_role_selection_finds_every_scenario_that_converges_the_role():
+    assert run_tests.converged_roles("hardening") == {"common", "ssh_hardening", "os_hardening"}
     assert run_tests.converged_roles("hardening_vm") == {"common", "ssh_hardening", "firewall", "os_hardening"}
     assert run_tests.converged_roles("no-such-scenario") == set()
 

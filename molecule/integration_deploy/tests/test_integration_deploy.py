@@ -333,7 +333,7 @@ def test_rollback_to_a_named_release():
 # against this live Prometheus. Panels that rightly show nothing on a healthy stack:
 DASHBOARDS = PROJECT / "roles" / "grafana" / "files" / "dashboards"
 # Firing alerts and failed units: none, when all is well. The autoscaler's action durations:
-# none unless it acted (its load ramp runs on request: scripts/test.sh --part autoscale).
+# none (the load ramp's autoscaler runs on the controller, which this Prometheus does not scrape).
 MAY_BE_EMPTY = {"Firing alerts", "Failed systemd units", "Autoscaler: action duration (6h window)"}
 
 
