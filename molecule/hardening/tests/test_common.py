@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from cases import host_for_case
 
 KEYS = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "keys"
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
@@ -178,8 +182,8 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_common_bad_input_rejected_before_any_change(host, case, tmp_path):
-    # osh13 and osh12 in turn (the verifier runs the two hosts' tests side by side)
-    target = ("osh13", "osh12")[sorted(BAD_INPUTS).index(case) % 2]
+    # osh13 and osh12 in turn (molecule/resources/cases.py), the other way round from os_hardening's
+    target = host_for_case(BAD_INPUTS, case, ("osh13", "osh12"))
     if host.ansible.get_variables()["inventory_hostname"] != target:
         pytest.skip(f"run once, on {target}")
     import json

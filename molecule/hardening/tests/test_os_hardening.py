@@ -12,10 +12,14 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from cases import host_for_case
 
 KEYS = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "keys"
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
@@ -373,9 +377,8 @@ def test_aide_excludes_whole_directories_and_watches_keels_programs(host):
 # ---------------------------------------------------------------- inputs
 def case_host(case: str) -> str:
     """The host a bad-input case runs on: osh12 and osh13 in turn, so each release sees half
-    the cases and the verifier, which runs the two hosts' tests side by side (molecule.yml),
-    has as much to do on each."""
-    return ("osh12", "osh13")[sorted(BAD_INPUTS).index(case) % 2]
+    the cases (molecule/resources/cases.py)."""
+    return host_for_case(BAD_INPUTS, case, ("osh12", "osh13"))
 
 
 def _run_converge(extra: dict, tmp_path: Path, *args: str,

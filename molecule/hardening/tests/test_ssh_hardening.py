@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "resources"))
+from cases import host_for_case
+
 KEYS = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "keys"
 SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
 DROPIN = "/etc/ssh/sshd_config.d/00-keel-hardening.conf"
@@ -328,10 +331,10 @@ PREFLIGHT_ONLY = ("--tags", "keel_no_such_tag")
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_rejected_before_any_change(host, case, tmp_path):
-    """Each case on one host, osh12 and osh13 in turn (see test_os_hardening.case_host), except
+    """Each case on one host, osh12 and osh13 in turn (molecule/resources/cases.py), except
     the in-context case: Debian 13's OpenSSH accepts a second sftp Subsystem line (seen: that
     converge went through), so its premise holds on Debian 12 only."""
-    runs_on = "osh12" if case in DEBIAN12_ONLY else ("osh12", "osh13")[sorted(BAD_INPUTS).index(case) % 2]
+    runs_on = "osh12" if case in DEBIAN12_ONLY else host_for_case(BAD_INPUTS, case, ("osh12", "osh13"))
     if name(host) != runs_on:
         pytest.skip(f"run once, on {runs_on}")
     overrides, messages = BAD_INPUTS[case]
