@@ -228,8 +228,9 @@ def autoscale_tests() -> bool:
     minutes; KEEL_AUTOSCALE_LAB=off leaves it out)."""
     if os.environ.get("KEEL_AUTOSCALE_TESTS", "0") == "1":
         return True
-    NOTES.append("autoscale: the autoscaler's lab cases (2->4->2 load ramp, restart, faults) not run (about 30 min). "
-                 "Run them with `scripts/test.sh --part autoscale` or KEEL_AUTOSCALE_TESTS=1.")
+    NOTES.append("autoscale: the autoscaler's lab cases (the paced 2->4->2 load ramp, restart, faults) not run "
+                 "(about 30 min; the quick ramp runs in integration_deploy). Run them with "
+                 "`scripts/test.sh --part autoscale` or KEEL_AUTOSCALE_TESTS=1.")
     return False
 
 

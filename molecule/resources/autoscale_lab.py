@@ -56,7 +56,7 @@ class Lab:
     def overlay(self) -> Path:
         return self.ephemeral / "inventory" / "autoscaler.yml"
 
-    def config(self, mode: str = "act", **policy_over: Any) -> dict[str, Any]:
+    def config(self, mode: str = "act", evaluation_interval: float = 5, **policy_over: Any) -> dict[str, Any]:
         token = self.workdir / "token"
         if not token.exists():
             token.write_text(secrets.token_urlsafe(24))
@@ -66,7 +66,7 @@ class Lab:
             "listen": {"address": "127.0.0.1", "port": free_port()},
             "token_file": str(token),
             "state_dir": str(self.workdir / "state"),
-            "evaluation_interval": 5,
+            "evaluation_interval": evaluation_interval,
             "prometheus": {"url": self.prometheus, "timeout": 5, "max_staleness": 60,
                            "freshness_query": 'time() - max(timestamp(up{job="app"}))'},
             "policy": policy(**policy_over),

@@ -55,9 +55,8 @@ def quick_config(lab_: Lab) -> dict:
             "policies": [{"type": "nodes", "value": 2, "period": 60}]}
     metric = {**policy()["metrics"][0]}
     metric["query"] = metric["query"].replace("[30s]", "[10s]")
-    cfg = lab_.config("act", metrics=[metric], scale_down=down, delay_after_scale_up=60)
-    cfg["evaluation_interval"] = DEFAULTS["evaluation_interval"]
-    return cfg
+    return lab_.config("act", evaluation_interval=DEFAULTS["evaluation_interval"], metrics=[metric],
+                       scale_down=down, delay_after_scale_up=60)
 
 
 def right_after_an_evaluation(scaler: Running, since: float | None = None) -> dict:
