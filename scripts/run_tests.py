@@ -13,8 +13,11 @@ VM scenarios (molecule/*_vm, part "vm") join the full run only where VMs are fas
 (KVM) or with KEEL_VM_TESTS=1: under software emulation one takes 60-90 minutes.
 Online scenarios (molecule/*_online, part "online") need the internet (Grafana's
 APT repository, GitHub releases) and run only with KEEL_ONLINE_TESTS=1 or when named.
+The container scenarios' --check run on the converged hosts (after idempotence; the
+one on the fresh hosts always runs) joins with KEEL_CONVERGED_CHECK=1.
 
-Lint, unit and specs run first, one after another. Container scenarios then run
+Lint, unit and specs run first, one after another (ansible-lint beside the unit
+tests). Container scenarios then run
 in --jobs lanes (default 1: on this 2-core machine two lanes were no faster than
 one, see README). Integration scenarios run after them, alone (--integration-beside:
 in a lane of their own beside them; measured slower here, see README). Each scenario
@@ -85,6 +88,22 @@ def scenarios() -> list[str]:
     return sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
 
 
+CONVERGED_CHECK_NOTE = ("converged check: the `--check` run on the converged hosts (after idempotence) not run "
+                        "(about 2 min over the container scenarios). Run it with KEEL_CONVERGED_CHECK=1.")
+
+
+def base_configs() -> list[str]:
+    """Molecule's base configs for the scenarios: the default (.config/molecule/config.yml: check
+    mode on the fresh hosts, converge, idempotence, ...), or with KEEL_CONVERGED_CHECK=1 that and
+    .config/molecule/converged-check.yml (a --check run on the converged hosts too). Scenarios
+    with a sequence of their own (integration_*, *_vm) keep it either way."""
+    if os.environ.get("KEEL_CONVERGED_CHECK", "0") == "1":
+        return ["--base-config", ".config/molecule/config.yml", "--base-config", ".config/molecule/converged-check.yml"]
+    if CONVERGED_CHECK_NOTE not in NOTES:
+        NOTES.append(CONVERGED_CHECK_NOTE)
+    return []
+
+
 def scenario_steps(names: list[str], part: str) -> list[Step]:
     steps = []
     for name in names:
@@ -92,7 +111,7 @@ def scenario_steps(names: list[str], part: str) -> list[Step]:
         # It also skips the sequence's first destroy, so leftovers of an aborted run
         # are destroyed explicitly before.
         steps.append(Step(part, f"molecule {name}",
-                          ["molecule", "test", "-s", name, "--destroy", "never"],
+                          ["molecule", *base_configs(), "test", "-s", name, "--destroy", "never"],
                           before=[["molecule", "destroy", "-s", name]],
                           on_failure=[["__journal__", name], ["molecule", "destroy", "-s", name]],
                           on_success=[["molecule", "destroy", "-s", name]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from pathlib import Path
@@ -214,3 +215,44 @@ def test_the_vm_part_brings_the_lab_up_on_vms_twice_and_takes_it_down():
     assert command.index("lab.sh up --vm") < command.index("KEEL_LAB_EXPECT_CHANGED=0 scripts/lab.sh up --vm")
     down = ["python3", "scripts/vm.py", "down", "--lab", "keel-lab"]
     assert lab[0].before == lab[0].on_success == lab[0].on_failure == [down]
+
+
+def test_an_overlap_step_runs_beside_the_steps_after_it_and_ends_before_the_scenarios(monkeypatch):
+    events: list[tuple[str, str]] = []
+    unit_started = threading.Event()
+
+    def execute(step):
+        name = step.scenario or step.name
+        events.append(("start", name))
+        if name == "unit":
+            unit_started.set()
+        if name == "lint":  # still running when the unit tests start
+            assert unit_started.wait(10)
+        events.append(("end", name))
+
+    monkeypatch.setattr(run_tests, "execute", execute)
+    monkeypatch.setattr(run_tests, "lanes", lambda steps, jobs: [steps])
+    steps = [run_tests.Step("lint", "lint", ["true"], overlap=True), run_tests.Step("unit", "unit", ["true"]),
+             *_steps(["a"])]
+    run_tests.execute_all(steps, 1)
+    assert events.index(("start", "unit")) < events.index(("end", "lint"))
+    assert events[-2:] == [("start", "a"), ("end", "a")]  # the scenario waits for the overlap step
+    lint = run_tests.plan(argparse.Namespace(scenario=None, role=None, part=["lint"]))
+    assert [s.name for s in lint if s.overlap] == ["ansible-lint"]
+
+
+def test_the_converged_check_is_on_request_and_its_sequence_is_the_default_plus_that_check(monkeypatch):
+    import yaml
+
+    monkeypatch.setattr(run_tests, "NOTES", [])
+    monkeypatch.delenv("KEEL_CONVERGED_CHECK", raising=False)
+    assert _steps(["a"])[0].argv[:2] == ["molecule", "test"]
+    assert run_tests.NOTES == [run_tests.CONVERGED_CHECK_NOTE]
+    monkeypatch.setenv("KEEL_CONVERGED_CHECK", "1")
+    argv = _steps(["a"])[0].argv
+    configs = [argv[i + 1] for i, a in enumerate(argv) if a == "--base-config"]
+    assert configs == [".config/molecule/config.yml", ".config/molecule/converged-check.yml"]
+    base, extra = (yaml.safe_load((run_tests.ROOT / c).read_text())["scenario"]["test_sequence"] for c in configs)
+    after = base.index("idempotence") + 1
+    assert extra == [*base[:after], "check", *base[after:]]
+    assert base.count("check") == 1 and base.index("check") < base.index("converge")  # the fresh hosts' dry run
