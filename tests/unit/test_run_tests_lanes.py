@@ -248,6 +248,9 @@ def test_the_converged_check_is_on_request_and_its_sequence_is_the_default_plus_
     monkeypatch.delenv("KEEL_CONVERGED_CHECK", raising=False)
     assert _steps(["a"])[0].argv[:2] == ["molecule", "test"]
     assert run_tests.NOTES == [run_tests.CONVERGED_CHECK_NOTE]
+    monkeypatch.setattr(run_tests, "NOTES", [])
+    run_tests.scenario_steps(["integration_deploy", "hardening_vm"], "integration")  # sequences of their own
+    assert run_tests.NOTES == []
     monkeypatch.setenv("KEEL_CONVERGED_CHECK", "1")
     argv = _steps(["a"])[0].argv
     configs = [argv[i + 1] for i, a in enumerate(argv) if a == "--base-config"]
