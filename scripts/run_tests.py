@@ -16,10 +16,13 @@ APT repository, GitHub releases) and run only with KEEL_ONLINE_TESTS=1 or when n
 The container scenarios' --check run on the converged hosts (after idempotence; the
 one on the fresh hosts always runs) joins with KEEL_CONVERGED_CHECK=1.
 
-Lint, unit and specs run first (ansible-lint beside the unit tests). Container
-scenarios then run in --jobs lanes (default 1: on this 2-core machine two lanes
-were no faster than one, see README). Integration scenarios run after them, alone (--integration-beside:
-in a lane of their own beside them; measured slower here, see README). Each scenario
+Lint, unit and specs run first; ansible-lint and the unit tests (CPU-bound) at the
+lowest CPU priority, beside the steps after them and the container scenarios, which
+leave part of the CPU idle. Container scenarios run in --jobs lanes (default 1: on
+this 2-core machine two lanes were no faster than one, see README). Integration
+scenarios run after them and after ansible-lint and the unit tests, alone
+(--integration-beside: in a lane of their own beside them; measured slower here,
+see README). Each scenario
 has its own Docker network and container names. VM scenarios run last, alone.
 Scenarios that share a container name are kept in one lane,
 in order; lanes are balanced by each scenario's last measured duration (kept in
@@ -57,6 +60,7 @@ DURATIONS = CACHE / "test-durations.json"
 SHIPPED_DURATIONS = ROOT / "scripts" / "test-durations.json"
 DEFAULT_SECONDS = {"vm": 1200.0, "other": 400.0}  # a scenario with no figure anywhere
 _print_lock = threading.Lock()
+NICE = ["nice", "-n", "19"]  # an overlap step's command: the scenarios beside it come first
 
 
 @dataclass
@@ -74,8 +78,10 @@ class Step:
     log: Path | None = None
     why: list[str] = field(default_factory=list)  # the lines of the log that say why it failed
     attempts: int = 1  # a failed step runs again up to this many times in all; the summary says so
-    # runs in a thread of its own beside the steps that follow it, up to the first scenario (which
-    # waits for it): a step that keeps one core busy while the next ones leave room (ansible-lint)
+    # runs in a thread of its own, at the lowest CPU priority (nice 19), beside the steps that
+    # follow it and the container scenarios, which leave part of the CPU idle (waiting on
+    # containers, apt, SSH); the integration scenarios (their load ramp counts failed requests)
+    # and the VM ones wait for it. A CPU-bound step that need not run first (ansible-lint, unit).
     overlap: bool = False
 
     @property
@@ -293,8 +299,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
             steps += [
                 Step(part, "yamllint", ["yamllint", "--strict", "."]),
                 Step(part, "ruff", ["ruff", "check", "."]),
-                # single-threaded (92 s alone at stop 26): beside the unit tests, lint and unit
-                # took 549 s together at stop 27 (ansible-lint 222 s, unit 545) against 92 + 480
+                # single-threaded (92 s alone at stop 26), beside the scenarios (Step.overlap)
                 Step(part, "ansible-lint", ["ansible-lint", "--profile", "production", "--strict"],
                      overlap=True, prefix="ansible-lint "),
                 # the forges' pipeline files against their published schemas (bundled: no network)
@@ -306,8 +311,10 @@ def plan(args: argparse.Namespace) -> list[Step]:
         elif part == "unit":
             # One worker per CPU (pytest-xdist), a test file per worker at a time (its
             # module fixtures start once); the slowest tests are listed for the next cut.
+            # 600 s and 1,140 CPU-s alone (stop 28): beside the container scenarios (Step.overlap).
             steps.append(Step(part, "pytest tests/unit", ["pytest", "-q", "-n", "auto", "--dist", "loadfile",
-                                                          "--durations", "15", "tests/unit"]))
+                                                          "--durations", "15", "tests/unit"],
+                              overlap=True, prefix="unit "))
         elif part == "specs":
             steps.append(Step(part, "argument specs = defaults",
                               ["python", "scripts/check_argument_specs.py"]))
@@ -388,7 +395,7 @@ def execute(step: Step) -> None:
         rc = 0
         for pre in step.before:
             rc = rc or run_logged(pre, log, step.prefix)
-        rc = rc or run_logged(step.argv, log, step.prefix)
+        rc = rc or run_logged(NICE + step.argv if step.overlap else step.argv, log, step.prefix)
         if rc:  # read before the journals are appended: their lines are not the reason
             step.why = failure_excerpt(log, 40, start)
         follow = step.on_failure if rc else step.on_success
@@ -430,9 +437,9 @@ def beside(step: Step) -> bool:
 
 
 def execute_all(steps: list[Step], jobs: int, integration_alone: bool = True) -> None:
-    """Non-scenario steps in order (an overlap step beside those after it); then the container
-    scenarios in lanes, the integration scenarios after them (or beside them: integration_alone
-    False); then the exclusive ones."""
+    """Non-scenario steps in order, an overlap step beside those after it and beside the container
+    scenarios in their lanes; the integration scenarios after all of them (or beside the lanes:
+    integration_alone False, and then the overlap steps end first); then the exclusive ones."""
     overlapping: list[threading.Thread] = []
     for step in steps:
         if not step.scenario:
@@ -441,12 +448,12 @@ def execute_all(steps: list[Step], jobs: int, integration_alone: bool = True) ->
                 overlapping[-1].start()
             else:
                 execute(step)
-    for thread_ in overlapping:
-        thread_.join()
     lane_steps = [s for s in steps if s.scenario and not exclusive(s) and not beside(s)]
     side = [s for s in steps if s.scenario and beside(s)]
     thread = None
     if side and lane_steps and not integration_alone:
+        for thread_ in overlapping:
+            thread_.join()
         say("[test] beside the container scenarios: " + ", ".join(s.name for s in side))
         for step in side:
             step.prefix = f"{step.scenario} "
@@ -454,6 +461,10 @@ def execute_all(steps: list[Step], jobs: int, integration_alone: bool = True) ->
         thread.start()
         side = []
     run_lanes(lane_steps, jobs)
+    for thread_ in overlapping:
+        if thread_.is_alive():
+            say(f"[test] waiting for {thread_.name} (beside the container scenarios) to end")
+        thread_.join()
     if thread:
         thread.join()
     for step in side:

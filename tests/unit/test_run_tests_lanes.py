@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -217,28 +218,41 @@ def test_the_vm_part_brings_the_lab_up_on_vms_twice_and_takes_it_down():
     assert lab[0].before == lab[0].on_success == lab[0].on_failure == [down]
 
 
-def test_an_overlap_step_runs_beside_the_steps_after_it_and_ends_before_the_scenarios(monkeypatch):
+def test_overlap_steps_run_beside_the_container_scenarios_and_end_before_the_integration_ones(monkeypatch):
     events: list[tuple[str, str]] = []
-    unit_started = threading.Event()
+    started = {name: threading.Event() for name in ("unit", "a")}
 
     def execute(step):
         name = step.scenario or step.name
         events.append(("start", name))
-        if name == "unit":
-            unit_started.set()
-        if name == "lint":  # still running when the unit tests start
-            assert unit_started.wait(10)
+        if name in started:
+            started[name].set()
+        if name == "lint":  # still running when the unit tests and the container scenario start
+            assert started["unit"].wait(10) and started["a"].wait(10)
         events.append(("end", name))
 
     monkeypatch.setattr(run_tests, "execute", execute)
     monkeypatch.setattr(run_tests, "lanes", lambda steps, jobs: [steps])
+    monkeypatch.setattr(run_tests, "say", lambda text: None)
     steps = [run_tests.Step("lint", "lint", ["true"], overlap=True), run_tests.Step("unit", "unit", ["true"]),
-             *_steps(["a"])]
+             *_steps(["a", "integration_b"])]
     run_tests.execute_all(steps, 1)
     assert events.index(("start", "unit")) < events.index(("end", "lint"))
-    assert events[-2:] == [("start", "a"), ("end", "a")]  # the scenario waits for the overlap step
-    lint = run_tests.plan(argparse.Namespace(scenario=None, role=None, part=["lint"]))
-    assert [s.name for s in lint if s.overlap] == ["ansible-lint"]
+    assert events.index(("start", "a")) < events.index(("end", "lint"))
+    # the integration scenario (its load ramp counts failed requests) waits for the overlap step
+    assert events[-2:] == [("start", "integration_b"), ("end", "integration_b")]
+    lint = run_tests.plan(argparse.Namespace(scenario=None, role=None, part=["lint", "unit"]))
+    assert [s.name for s in lint if s.overlap] == ["ansible-lint", "pytest tests/unit"]
+
+
+def test_an_overlap_step_runs_at_the_lowest_cpu_priority_and_the_others_do_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_tests, "ROOT", tmp_path)
+    monkeypatch.setattr(run_tests, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(run_tests, "say", lambda text: None)
+    for overlap, niceness in ((True, 19), (False, os.nice(0))):
+        step = run_tests.Step("unit", "niceness", ["nice"], overlap=overlap)
+        run_tests.execute(step)
+        assert step.passed and step.log.read_text().splitlines()[-1] == str(niceness)
 
 
 def test_the_converged_check_is_on_request_and_its_sequence_is_the_default_plus_that_check(monkeypatch):
