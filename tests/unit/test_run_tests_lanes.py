@@ -234,6 +234,7 @@ def test_overlap_steps_run_beside_the_container_scenarios_and_end_before_the_int
     monkeypatch.setattr(run_tests, "execute", execute)
     monkeypatch.setattr(run_tests, "lanes", lambda steps, jobs: [steps])
     monkeypatch.setattr(run_tests, "say", lambda text: None)
+    monkeypatch.setattr(run_tests, "background_cgroup", lambda: None)
     steps = [run_tests.Step("lint", "lint", ["true"], overlap=True), run_tests.Step("unit", "unit", ["true"]),
              *_steps(["a", "integration_b"])]
     run_tests.execute_all(steps, 1)
@@ -245,14 +246,42 @@ def test_overlap_steps_run_beside_the_container_scenarios_and_end_before_the_int
     assert [s.name for s in lint if s.overlap] == ["ansible-lint", "pytest tests/unit"]
 
 
-def test_an_overlap_step_runs_at_the_lowest_cpu_priority_and_the_others_do_not(tmp_path, monkeypatch):
+def test_an_overlap_step_runs_niced_in_the_idle_cgroup_and_the_others_do_not(tmp_path, monkeypatch):
     monkeypatch.setattr(run_tests, "ROOT", tmp_path)
     monkeypatch.setattr(run_tests, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(run_tests, "say", lambda text: None)
+    group = tmp_path / "cgroup"
+    group.mkdir()
+    monkeypatch.setattr(run_tests, "BACKGROUND", [group])
     for overlap, niceness in ((True, 19), (False, os.nice(0))):
-        step = run_tests.Step("unit", "niceness", ["nice"], overlap=overlap)
+        (group / "cgroup.procs").write_text("")
+        step = run_tests.Step("unit", "niceness", ["sh", "-c", "echo pid $$; nice"], overlap=overlap)
         run_tests.execute(step)
-        assert step.passed and step.log.read_text().splitlines()[-1] == str(niceness)
+        lines = step.log.read_text().splitlines()
+        assert step.passed and lines[-1] == str(niceness)
+        # the overlap step's process joined the cgroup (it is that process: exec), the others did not
+        assert (group / "cgroup.procs").read_text().split() == ([lines[-2].split()[1]] if overlap else [])
+
+
+def test_the_idle_cgroup_is_made_where_the_cpu_controller_is_writable(tmp_path, monkeypatch):
+    v1, v2, none = tmp_path / "v1", tmp_path / "v2", tmp_path / "none"
+    for base in (v1, v2):
+        base.mkdir()
+        (base / "cgroup.procs").write_text("")
+        (base / run_tests.CGROUP_NAME).mkdir()
+    (v1 / run_tests.CGROUP_NAME / "cpu.idle").write_text("0")
+    (v2 / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (v2 / run_tests.CGROUP_NAME / "cpu.weight").write_text("100")
+    monkeypatch.setattr(run_tests, "CGROUP_BASES", (none, v1))
+    assert run_tests.background_cgroup() == v1 / run_tests.CGROUP_NAME
+    assert (v1 / run_tests.CGROUP_NAME / "cpu.idle").read_text() == "1"
+    monkeypatch.setattr(run_tests, "CGROUP_BASES", (v2,))
+    assert run_tests.background_cgroup() == v2 / run_tests.CGROUP_NAME
+    assert (v2 / run_tests.CGROUP_NAME / "cpu.weight").read_text() == "1"
+    assert (v2 / "cgroup.subtree_control").read_text() == "+cpu"
+    (v2 / "cgroup.controllers").write_text("cpuset io memory pids\n")  # no cpu controller: nice only
+    monkeypatch.setattr(run_tests, "CGROUP_BASES", (none, v2))
+    assert run_tests.background_cgroup() is None
 
 
 def test_the_converged_check_is_on_request_and_its_sequence_is_the_default_plus_that_check(monkeypatch):
