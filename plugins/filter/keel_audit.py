@@ -342,10 +342,12 @@ def keel_audit_summary(hosts: object, audited_at: object) -> str:
     """Markdown for people: per host the count of findings by severity, then every finding
     from the most severe down. `hosts` are the hosts' variables (inventory_hostname,
     group_names, __keel_findings); hosts the audit did not reach have no findings list and
-    are named as not audited."""
+    are named as not audited. Findings the accepted-risk register accepts (marked
+    `accepted`, plugins/filter/keel_risks.py) are not counted: they are listed apart, each
+    with its entry, owner and review date."""
     if not isinstance(hosts, list):
         raise AnsibleFilterError("keel_audit_summary needs a list of the hosts' variables")
-    rows, details, missing = [], [], []
+    rows, details, accepted_rows, missing = [], [], [], []
     total = dict.fromkeys(SEVERITIES, 0)
     rank = {sev: i for i, sev in enumerate(SEVERITIES)}
     for host in hosts:
@@ -354,14 +356,23 @@ def keel_audit_summary(hosts: object, audited_at: object) -> str:
         if not isinstance(findings, list):
             missing.append(name)
             continue
-        counts = {sev: sum(1 for f in findings if f.get("severity") == sev) for sev in SEVERITIES}
+        counted = [f for f in findings if not f.get("accepted")]
+        accepted = [f for f in findings if f.get("accepted")]
+        counts = {sev: sum(1 for f in counted if f.get("severity") == sev) for sev in SEVERITIES}
         for sev in SEVERITIES:
             total[sev] += counts[sev]
         groups = ", ".join(sorted(host.get("group_names") or []))
-        rows.append(f"| {_cell(name)} | {_cell(groups)} | " + " | ".join(str(counts[s]) for s in SEVERITIES) + " |")
-        for finding in sorted(findings, key=lambda f: rank.get(f.get("severity"), len(SEVERITIES))):
+        rows.append(f"| {_cell(name)} | {_cell(groups)} | " + " | ".join(str(counts[s]) for s in SEVERITIES)
+                    + f" | {len(accepted)} |")
+        for finding in sorted(counted, key=lambda f: rank.get(f.get("severity"), len(SEVERITIES))):
             details.append(f"| {_cell(name)} | {_cell(finding.get('severity'))} | {_cell(finding.get('check'))} | "
                            f"{_cell(finding.get('message'))} |")
+        for finding in accepted:
+            entry = finding["accepted"]
+            accepted_rows.append(
+                f"| {_cell(name)} | {_cell(finding.get('severity'))} | {_cell(finding.get('check'))} | "
+                f"{_cell(finding.get('message'))} | {_cell(entry.get('id'))} | {_cell(entry.get('owner'))} | "
+                f"{_cell(entry.get('review_by'))} | {_cell(entry.get('reason'))} |")
     if not rows:
         verdict = "**NO DATA**: no host was audited"
     elif total["critical"]:
@@ -369,11 +380,16 @@ def keel_audit_summary(hosts: object, audited_at: object) -> str:
     else:
         verdict = "**PASS**: no critical finding"
     lines = [f"# Security audit, {audited_at}", "", verdict + ".", "",
-             "| host | groups | " + " | ".join(SEVERITIES) + " |", "|---|---|" + "---|" * len(SEVERITIES), *rows]
+             "| host | groups | " + " | ".join(SEVERITIES) + " | accepted |",
+             "|---|---|" + "---|" * (len(SEVERITIES) + 1), *rows]
     if missing:
         lines += ["", "Not audited (unreachable or failed before the audit): " + ", ".join(sorted(missing)) + "."]
     lines += ["", "## Findings", ""]
     lines += ["| host | severity | check | finding |", "|---|---|---|---|", *details] if details else ["None."]
+    if accepted_rows:
+        lines += ["", "## Accepted risks (keel_accepted_risks: not counted above)", "",
+                  "| host | severity | check | finding | entry | owner | review by | reason |",
+                  "|---|---|---|---|---|---|---|---|", *accepted_rows]
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -415,6 +416,9 @@ def test_lifecycle_playbooks_refuse_limit_before_touching_hosts(tmp_path, playbo
                                      recap={"app2"} if limit == "app2" else {"app2", "localhost"})
 
 
+AUDIT_CHECKS = ("ssh", "firewall", "sockets", "auditd", "units", "aide", "updates")
+
+
 def test_security_audit_in_check_mode_changes_nothing_and_writes_its_report(tmp_path):
     """The audit's reads, comparisons and report on this machine (as a stand-in app host):
     whatever it finds here, the run changes nothing and the verdict matches the report."""
@@ -423,8 +427,15 @@ def test_security_audit_in_check_mode_changes_nothing_and_writes_its_report(tmp_
                                   "ansible_become": False, "keel_private_ip": "192.0.2.29"}
     inv = write_inventory(tmp_path, groups)
     reports = tmp_path / "reports"
+    # an accepted-risk register that accepts every non-critical finding of each check
+    register = [{"id": f"all-{check}", "check": check, "match": ".", "severity": "high", "reason": "a test",
+                 "owner": "keel tests", "review_by": time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))}
+                for check in AUDIT_CHECKS]
+    # (as JSON: a key=value -e gives a string, and the firewall role refused "['192.0.2.0/24']")
+    (tmp_path / "extra.json").write_text(json.dumps({"keel_accepted_risks": register,
+                                                     "firewall_admin_networks": ["192.0.2.0/24"]}))
     res = run_playbook(tmp_path, inv, "security-audit.yml", "--check", "--limit", "localhost",
-                       "-e", f"keel_audit_report_dir={reports}", "-e", "firewall_admin_networks=['192.0.2.0/24']")
+                       "-e", f"keel_audit_report_dir={reports}", "-e", f"@{tmp_path / 'extra.json'}")
     out = res.stdout + res.stderr
     assert "UNREACHABLE" not in out, out[-3000:]
     assert re.search(r"^localhost\s+:\s+ok=\d+\s+changed=0\s", out, re.MULTILINE), out[-3000:]
@@ -435,8 +446,15 @@ def test_security_audit_in_check_mode_changes_nothing_and_writes_its_report(tmp_
     for key in ("ssh", "firewall", "sockets", "auditd", "units", "updates"):
         assert key in report, key
     assert {f["severity"] for f in report["findings"]} <= {"critical", "high", "medium", "low", "info"}
-    assert {f["check"] for f in report["findings"]} <= {"ssh", "firewall", "sockets", "auditd", "units", "aide",
-                                                        "updates"}
+    assert {f["check"] for f in report["findings"]} <= {*AUDIT_CHECKS, "register"}
+    # every non-critical finding accepted by its check's entry, and still in the report
+    for finding in report["findings"]:
+        if finding["check"] == "register":  # an entry whose check found nothing here says so
+            assert finding["severity"] == "info" and "matched no finding on this host" in finding["message"]
+        else:
+            assert (finding.get("accepted", {}).get("id") == f"all-{finding['check']}") == (
+                finding["severity"] != "critical"), finding
+    assert report["accepted"] == sum(1 for f in report["findings"] if "accepted" in f)
     critical = [f for f in report["findings"] if f["severity"] == "critical"]
     assert report["critical"] == len(critical)
     assert (res.returncode != 0) == bool(critical), out[-3000:]
@@ -446,6 +464,7 @@ def test_security_audit_in_check_mode_changes_nothing_and_writes_its_report(tmp_
     assert (reports / "summary.md").stat().st_mode & 0o777 == 0o600
     assert re.search(rf"^\| localhost \| [^|]*app[^|]* \| {report['critical']} \|", summary, re.MULTILINE), summary
     assert ("**FAIL**" in summary) == bool(critical)
+    assert ("## Accepted risks" in summary) == bool(report["accepted"])
 
 
 # The audit's comparisons, fed with made-up command output: its own tasks, taken
