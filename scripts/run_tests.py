@@ -16,13 +16,13 @@ APT repository, GitHub releases) and run only with KEEL_ONLINE_TESTS=1 or when n
 The container scenarios' --check run on the converged hosts (after idempotence; the
 one on the fresh hosts always runs) joins with KEEL_CONVERGED_CHECK=1.
 
-Lint, unit and specs run first; ansible-lint and the unit tests (CPU-bound) at the
-lowest CPU priority, beside the steps after them and the container scenarios, which
-leave part of the CPU idle. Container scenarios run in --jobs lanes (default 1: on
-this 2-core machine two lanes were no faster than one, see README). Integration
-scenarios run after them and after ansible-lint and the unit tests, alone
-(--integration-beside: in a lane of their own beside them; measured slower here,
-see README). Each scenario
+Lint, unit and specs run first; ansible-lint and the unit tests (CPU-bound) at idle
+CPU priority (a cpu cgroup with cpu.idle, where the controller is writable; else nice
+19), beside the steps after them and the scenarios, which leave part of the CPU idle.
+Container scenarios run in --jobs lanes (default 1: on this 2-core machine two lanes
+were no faster than one, see README). Integration scenarios run after them, alone
+among the scenarios (--integration-beside: in a lane of their own beside them;
+measured slower here, see README). Each scenario
 has its own Docker network and container names. VM scenarios run last, alone.
 Scenarios that share a container name are kept in one lane,
 in order; lanes are balanced by each scenario's last measured duration (kept in
@@ -82,10 +82,10 @@ class Step:
     log: Path | None = None
     why: list[str] = field(default_factory=list)  # the lines of the log that say why it failed
     attempts: int = 1  # a failed step runs again up to this many times in all; the summary says so
-    # runs in a thread of its own, at the lowest CPU priority (nice 19), beside the steps that
-    # follow it and the container scenarios, which leave part of the CPU idle (waiting on
-    # containers, apt, SSH); the integration scenarios (their load ramp counts failed requests)
-    # and the VM ones wait for it. A CPU-bound step that need not run first (ansible-lint, unit).
+    # runs in a thread of its own, at idle CPU priority (background_cgroup), beside the steps
+    # that follow it and the container and integration scenarios, which leave part of the CPU
+    # idle (waiting on containers, apt, SSH); the VM scenarios wait for it. A CPU-bound step
+    # that need not run first (ansible-lint, unit).
     overlap: bool = False
 
     @property
@@ -477,9 +477,10 @@ def beside(step: Step) -> bool:
 
 
 def execute_all(steps: list[Step], jobs: int, integration_alone: bool = True) -> None:
-    """Non-scenario steps in order, an overlap step beside those after it and beside the container
-    scenarios in their lanes; the integration scenarios after all of them (or beside the lanes:
-    integration_alone False, and then the overlap steps end first); then the exclusive ones."""
+    """Non-scenario steps in order, an overlap step beside those after it and beside the
+    scenarios (container and integration: idle CPU priority, see background_cgroup); the
+    integration scenarios after the container ones (or beside them: integration_alone False);
+    the overlap steps end before the exclusive (VM) scenarios, which run alone."""
     overlapping: list[threading.Thread] = []
     if any(s.overlap for s in steps):
         BACKGROUND[0] = background_cgroup()
@@ -496,8 +497,6 @@ def execute_all(steps: list[Step], jobs: int, integration_alone: bool = True) ->
     side = [s for s in steps if s.scenario and beside(s)]
     thread = None
     if side and lane_steps and not integration_alone:
-        for thread_ in overlapping:
-            thread_.join()
         say("[test] beside the container scenarios: " + ", ".join(s.name for s in side))
         for step in side:
             step.prefix = f"{step.scenario} "
@@ -505,14 +504,14 @@ def execute_all(steps: list[Step], jobs: int, integration_alone: bool = True) ->
         thread.start()
         side = []
     run_lanes(lane_steps, jobs)
-    for thread_ in overlapping:
-        if thread_.is_alive():
-            say(f"[test] waiting for {thread_.name} (beside the container scenarios) to end")
-        thread_.join()
     if thread:
         thread.join()
     for step in side:
         execute(step)
+    for thread_ in overlapping:
+        if thread_.is_alive():
+            say(f"[test] waiting for {thread_.name} (beside the scenarios) to end")
+        thread_.join()
     for step in steps:
         if step.scenario and exclusive(step):
             execute(step)

@@ -45,34 +45,34 @@ def site(tmp_path, fleet: Fleet, extra: dict | None = None):
     return res, " ".join((res.stdout + res.stderr).split())
 
 
-# each bad value on one host (its host_vars): the others pass their checks, and must stop too
-ON_HOST = {"common": "lb1", "ssh_hardening": "app1", "firewall": "app2", "os_hardening": "app1"}
+# each bad value on a host of its own (its host_vars): every host is refused by its own
+# check, in one run, and the run stops before the lock
+ON_HOST = {"common": "lb1", "ssh_hardening": "app1", "firewall": "app2", "os_hardening": "app3"}
 
 
-@pytest.mark.parametrize("role", sorted(BAD))
-def test_site_stops_every_host_in_the_preflight_when_one_has_a_bad_hardening_layer_value(tmp_path, fleet, role):
-    extra, message = BAD[role]
-    bad_host = ON_HOST[role]
-    group = "loadbalancers" if bad_host.startswith("lb") else "app"
-    fleet.hosts[group][bad_host].update(extra)
+def test_site_refuses_each_hosts_bad_hardening_layer_value_in_the_preflight_on_every_host(tmp_path, fleet):
+    fleet.app("app3")
+    for role, host in ON_HOST.items():
+        fleet.hosts["loadbalancers" if host.startswith("lb") else "app"][host].update(BAD[role][0])
     res, out = site(tmp_path, fleet)
     assert res.returncode != 0, out[-3000:]
     stopped = out.split("PLAY [Check the inputs of every layer]", 1)[1]
-    assert f"fatal: [{bad_host}]" in stopped and message in stopped, out[-3000:]
-    assert (f"{bad_host} failed the checks above (each one's error is printed there): the run stops on every "
-            "host.") in stopped, out[-3000:]
+    for role, host in ON_HOST.items():
+        assert f"fatal: [{host}]" in stopped and BAD[role][1] in stopped, (role, out[-3000:])
     assert FIRST_CHANGING_PLAY not in out, out[-3000:]
     assert not fleet.lock.exists()
 
 
-def test_site_refuses_a_bad_value_given_to_every_host_on_each_of_them(tmp_path, fleet):
-    extra, message = BAD["os_hardening"]
-    res, out = site(tmp_path, fleet, extra)
+def test_one_hosts_bad_value_stops_the_hosts_that_passed_their_checks(tmp_path, fleet):
+    fleet.hosts["app"]["app1"].update(BAD["os_hardening"][0])
+    res, out = site(tmp_path, fleet)
     assert res.returncode != 0, out[-3000:]
-    assert message in out, out[-3000:]
-    for host in ("lb1", "app1", "app2"):
-        assert f"fatal: [{host}]" in out, out[-3000:]
-    assert FIRST_CHANGING_PLAY not in out, out[-3000:]
+    stopped = out.split("PLAY [Check the inputs of every layer]", 1)[1]
+    assert "fatal: [app1]" in stopped and BAD["os_hardening"][1] in stopped, out[-3000:]
+    assert ("app1 failed the checks above (each one's error is printed there): the run stops on every host."
+            in stopped), out[-3000:]
+    assert FIRST_CHANGING_PLAY not in out, out[-3000:]  # lb1 and app2 stopped too
+    assert not fleet.lock.exists()
 
 
 def test_site_with_good_values_passes_the_preflight_and_takes_the_lock(tmp_path, fleet):

@@ -218,17 +218,17 @@ def test_the_vm_part_brings_the_lab_up_on_vms_twice_and_takes_it_down():
     assert lab[0].before == lab[0].on_success == lab[0].on_failure == [down]
 
 
-def test_overlap_steps_run_beside_the_container_scenarios_and_end_before_the_integration_ones(monkeypatch):
+def test_overlap_steps_run_beside_the_scenarios_and_end_before_the_vm_ones(monkeypatch):
     events: list[tuple[str, str]] = []
-    started = {name: threading.Event() for name in ("unit", "a")}
+    started = {name: threading.Event() for name in ("unit", "a", "integration_b")}
 
     def execute(step):
         name = step.scenario or step.name
         events.append(("start", name))
         if name in started:
             started[name].set()
-        if name == "lint":  # still running when the unit tests and the container scenario start
-            assert started["unit"].wait(10) and started["a"].wait(10)
+        if name == "lint":  # still running when the unit tests and both scenarios start
+            assert all(event.wait(10) for event in started.values())
         events.append(("end", name))
 
     monkeypatch.setattr(run_tests, "execute", execute)
@@ -236,12 +236,13 @@ def test_overlap_steps_run_beside_the_container_scenarios_and_end_before_the_int
     monkeypatch.setattr(run_tests, "say", lambda text: None)
     monkeypatch.setattr(run_tests, "background_cgroup", lambda: None)
     steps = [run_tests.Step("lint", "lint", ["true"], overlap=True), run_tests.Step("unit", "unit", ["true"]),
-             *_steps(["a", "integration_b"])]
+             *_steps(["a", "integration_b", "c_vm"])]
     run_tests.execute_all(steps, 1)
-    assert events.index(("start", "unit")) < events.index(("end", "lint"))
-    assert events.index(("start", "a")) < events.index(("end", "lint"))
-    # the integration scenario (its load ramp counts failed requests) waits for the overlap step
-    assert events[-2:] == [("start", "integration_b"), ("end", "integration_b")]
+    for name in ("unit", "a", "integration_b"):
+        assert events.index(("start", name)) < events.index(("end", "lint"))
+    assert events.index(("end", "a")) < events.index(("start", "integration_b"))  # one after the other
+    # the VM scenario (software emulation: it slows everything beside it) waits for the overlap step
+    assert events[-2:] == [("start", "c_vm"), ("end", "c_vm")]
     lint = run_tests.plan(argparse.Namespace(scenario=None, role=None, part=["lint", "unit"]))
     assert [s.name for s in lint if s.overlap] == ["ansible-lint", "pytest tests/unit"]
 
