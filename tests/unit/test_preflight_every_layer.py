@@ -46,12 +46,13 @@ def site(tmp_path, fleet: Fleet, extra: dict | None = None):
 
 
 # each bad value on a host of its own (its host_vars): every host is refused by its own
-# check, in one run, and the run stops before the lock
+# check, and app4, whose values are good, is stopped too: in one run, before the lock
 ON_HOST = {"common": "lb1", "ssh_hardening": "app1", "firewall": "app2", "os_hardening": "app3"}
 
 
-def test_site_refuses_each_hosts_bad_hardening_layer_value_in_the_preflight_on_every_host(tmp_path, fleet):
+def test_site_refuses_each_hosts_bad_hardening_layer_value_and_stops_every_host(tmp_path, fleet):
     fleet.app("app3")
+    fleet.app("app4")
     for role, host in ON_HOST.items():
         fleet.hosts["loadbalancers" if host.startswith("lb") else "app"][host].update(BAD[role][0])
     res, out = site(tmp_path, fleet)
@@ -59,19 +60,10 @@ def test_site_refuses_each_hosts_bad_hardening_layer_value_in_the_preflight_on_e
     stopped = out.split("PLAY [Check the inputs of every layer]", 1)[1]
     for role, host in ON_HOST.items():
         assert f"fatal: [{host}]" in stopped and BAD[role][1] in stopped, (role, out[-3000:])
-    assert FIRST_CHANGING_PLAY not in out, out[-3000:]
-    assert not fleet.lock.exists()
-
-
-def test_one_hosts_bad_value_stops_the_hosts_that_passed_their_checks(tmp_path, fleet):
-    fleet.hosts["app"]["app1"].update(BAD["os_hardening"][0])
-    res, out = site(tmp_path, fleet)
-    assert res.returncode != 0, out[-3000:]
-    stopped = out.split("PLAY [Check the inputs of every layer]", 1)[1]
-    assert "fatal: [app1]" in stopped and BAD["os_hardening"][1] in stopped, out[-3000:]
-    assert ("app1 failed the checks above (each one's error is printed there): the run stops on every host."
-            in stopped), out[-3000:]
-    assert FIRST_CHANGING_PLAY not in out, out[-3000:]  # lb1 and app2 stopped too
+    assert "fatal: [app4]" not in stopped.split("TASK [Stop every host when one failed its checks]")[0]
+    assert ("app1, app2, app3, lb1 failed the checks above (each one's error is printed there): the run stops "
+            "on every host.") in stopped, out[-3000:]
+    assert FIRST_CHANGING_PLAY not in out, out[-3000:]  # app4 stopped too
     assert not fleet.lock.exists()
 
 
