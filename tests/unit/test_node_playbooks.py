@@ -186,8 +186,7 @@ class Fleet:
     def __init__(self, tmp_path: Path) -> None:
         self.base = tmp_path / "hosts"
         self.base.mkdir()
-        # the groups keel's roles name (the firewall's services: monitoring, with no host here)
-        self.hosts: dict[str, dict[str, dict]] = {"loadbalancers": {}, "app": {}, "monitoring": {}}
+        self.hosts: dict[str, dict[str, dict]] = {"loadbalancers": {}, "app": {}}
         self.local = {"ansible_connection": "local", "ansible_become": False,
                       "ansible_python_interpreter": sys.executable}  # keel_private_ip: one per host, below
         self.lb("lb1")
@@ -232,10 +231,7 @@ class Fleet:
             "vars": {"keel_logs_and_traces": False, "app_release_version": "1.0.0",
                      "app_release_url": "https://artifacts.example.com/keel-app-1.0.0.tar.gz",
                      "app_release_sha256": "0" * 64, "keel_lifecycle_lock_path": str(self.lock),
-                     "keel_lifecycle_lock_textfile_dir": str(self.base / "no-textfile-dir"),
-                     # what a real inventory gives the hardening layer, whose inputs are checked
-                     # on the new nodes in the first plays: SSH open to the admins, who log in with keys
-                     "firewall_admin_networks": ["127.0.0.0/8"], "ssh_hardening_confirmed_key_login": True},
+                     "keel_lifecycle_lock_textfile_dir": str(self.base / "no-textfile-dir")},
             "children": {group: {"hosts": members} for group, members in self.hosts.items()}}}
         path = self.base / "hosts.yml"
         path.write_text(yaml.safe_dump(inv, sort_keys=False))
