@@ -315,7 +315,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         elif part == "unit":
             # One worker per CPU (pytest-xdist), a test file per worker at a time (its
             # module fixtures start once); the slowest tests are listed for the next cut.
-            # 600 s and 1,140 CPU-s alone (stop 28): beside the container scenarios (Step.overlap).
+            # 600 s and 1,140 CPU-s alone (stop 28): beside the scenarios (Step.overlap).
             steps.append(Step(part, "pytest tests/unit", ["pytest", "-q", "-n", "auto", "--dist", "loadfile",
                                                           "--durations", "15", "tests/unit"],
                               overlap=True, prefix="unit "))
